@@ -1,0 +1,20 @@
+# The escrow service: `escrow serve` applies pending migrations, then serves on ESCROW_PORT.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY escrow ./escrow
+COPY migrations ./migrations
+RUN pip install . && useradd --system --no-create-home escrow
+
+USER escrow
+ENV ESCROW_HOST=0.0.0.0 \
+    ESCROW_PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+CMD ["escrow", "serve"]

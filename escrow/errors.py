@@ -1,0 +1,179 @@
+"""Every error leaves the service as RFC 9457 problem+json with a stable ``code``; internals never do."""
+
+from typing import Any, ClassVar
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from pydantic import BaseModel, ValidationError
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("escrow.errors")
+
+
+class EscrowError(Exception):
+    """A domain error: subclasses fix ``code``, ``status`` and ``title``; instances carry the ``detail``."""
+
+    code: ClassVar[str] = "escrow_error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Request refused"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra
+
+
+class FieldInvalid(EscrowError):
+    code = "validation_failed"
+    status = 422
+    title = "Validation failed"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+class NotFound(EscrowError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(EscrowError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+def problem(
+    status: int, code: str, title: str, detail: str, errors: list[dict[str, str]] | None = None, **extra: Any
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": f"urn:escrow:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    return Response(content=body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _field_of(key: str | None, source: str | None) -> str:
+    if key:
+        return key
+    return "body" if source in (None, "body") else str(source)
+
+
+def _escrow_error(_: Request, exc: EscrowError) -> Response[dict[str, Any]]:
+    return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, **exc.extra)
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:
+    raw = exc.extra if isinstance(exc.extra, list) else []
+    errors = [
+        {"field": _field_of(item.get("key"), item.get("source")), "message": str(item.get("message"))}
+        for item in raw
+        if isinstance(item, dict)
+    ]
+    if not errors:
+        # Litestar raises ValidationException for an undecodable body too: that is a 400, not a field error.
+        return problem(400, "malformed_body", "Malformed request body", str(exc.detail))
+    return problem(422, "validation_failed", "Validation failed", "One or more fields are invalid.", errors)
+
+
+def _pydantic_error(_: Request, exc: ValidationError) -> Response[dict[str, Any]]:
+    errors = [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in exc.errors()]
+    return problem(422, "validation_failed", "Validation failed", "One or more fields are invalid.", errors)
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("body_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("too_many_requests", "Too many requests"),
+}
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+    if exc.status_code >= 500:
+        return _internal_error(request, exc)
+    code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+    detail = str(exc.detail) if exc.detail else title
+    if exc.status_code == 400 and _caused_by_decoding(exc):
+        code, title = "malformed_json", "Malformed JSON"
+        detail = f"The request body is not valid JSON: {detail}"
+    headers = exc.headers or {}
+    response = problem(exc.status_code, code, title, detail)
+    response.headers.update(headers)
+    return response
+
+
+def _caused_by_decoding(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SerializationException | msgspec.DecodeError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    log.error("unhandled_exception", path=request.url.path, exc_info=exc)
+    return problem(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Internal server error",
+        "The request failed on our side; nothing was changed. Quote the X-Request-ID header when reporting it.",
+    )
+
+
+exception_handlers: dict[type[Exception] | int, Any] = {
+    EscrowError: _escrow_error,
+    ValidationException: _validation_error,
+    ValidationError: _pydantic_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error response carries them."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI declarations of the problem+json responses a route can return."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem, media_type=PROBLEM_JSON, description=_describe(status), generate_examples=False
+        )
+        for status in statuses
+    }
+
+
+def _describe(status: int) -> str:
+    return {422: "Validation failed", 409: "Conflict", 503: "Not ready"}.get(
+        status, _HTTP_CODES.get(status, ("", "Error"))[1]
+    )

@@ -1,0 +1,49 @@
+"""Alembic, driven from Python: the `escrow migrate` command, `escrow serve` and the tests all come through here."""
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+import escrow
+from escrow.db import asyncpg_url
+
+_PACKAGE = Path(escrow.__file__).resolve().parent
+
+
+def migrations_dir() -> Path:
+    """``escrow/_migrations`` in an installed wheel, ``migrations/`` beside the package in a checkout."""
+    for candidate in (_PACKAGE / "_migrations", _PACKAGE.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise RuntimeError("Alembic migrations not found beside the escrow package")
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    # '%' must be doubled for ConfigParser interpolation
+    config.set_main_option("sqlalchemy.url", asyncpg_url(database_url).replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused/")).get_current_head()
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+async def current_revision(connection: AsyncConnection) -> str | None:
+    def _read(sync_connection) -> str | None:
+        return MigrationContext.configure(sync_connection).get_current_revision()
+
+    return await connection.run_sync(_read)

@@ -1,0 +1,123 @@
+"""One request, one transaction: the handler's session commits only after it succeeded, before any byte is sent.
+
+Services take the request's ``AsyncSession`` and never commit. This middleware is the single transaction
+boundary: for state-changing methods it claims the ``Idempotency-Key``, runs the handler with the response
+held back, commits the change together with the stored response when the status is below 400 (rolls back
+otherwise), and only then sends the response. A failed commit becomes an error response, never a 201 for
+money that was not committed.
+"""
+
+import hashlib
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import Headers
+from litestar.di import NamedDependency
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow import idempotency
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_KEY = "db_session"
+
+
+def caller_of(scope: Scope) -> str:
+    """Who an Idempotency-Key belongs to: the authenticated principal, else the credentials presented."""
+    principal = scope.get("state", {}).get("principal_id")
+    if principal:
+        return str(principal)
+    authorization = Headers.from_scope(scope).get("authorization")
+    if authorization:
+        return "cred:" + hashlib.sha256(authorization.encode()).hexdigest()[:40]
+    return "anonymous"
+
+
+async def provide_db_session(request: Request) -> AsyncSession:
+    """Litestar dependency: the session of the request's unit of work."""
+    return request.scope["state"][SESSION_KEY]
+
+
+# Handlers declare ``db_session: DbSession`` to receive the request's session.
+DbSession = NamedDependency[AsyncSession]
+
+
+class _HeldResponse:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def send(self, message: Message) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return next((m["status"] for m in self.messages if m["type"] == "http.response.start"), 500)
+
+    def stored(self) -> idempotency.StoredResponse:
+        start = next(m for m in self.messages if m["type"] == "http.response.start")
+        content_type = dict(start.get("headers", [])).get(b"content-type", b"application/json").decode()
+        body = b"".join(m.get("body", b"") for m in self.messages if m["type"] == "http.response.body")
+        return idempotency.StoredResponse(self.status, content_type, body)
+
+    async def release(self, send: Send) -> None:
+        for message in self.messages:
+            await send(message)
+
+
+async def _send_replay(send: Send, stored: idempotency.StoredResponse) -> None:
+    headers = [
+        (b"content-type", stored.content_type.encode()),
+        (b"content-length", str(len(stored.body)).encode()),
+        (b"idempotency-replayed", b"true"),
+    ]
+    await send({"type": "http.response.start", "status": stored.status, "headers": headers})
+    await send({"type": "http.response.body", "body": stored.body, "more_body": False})
+
+
+class UnitOfWorkMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        app_state: Any = scope["app"].state
+        async with app_state.sessionmaker() as session:
+            scope["state"][SESSION_KEY] = session
+            try:
+                if scope["method"] in SAFE_METHODS:
+                    await self.app(scope, receive, send)
+                else:
+                    await self._state_changing(scope, receive, send, session, app_state.settings)
+            finally:
+                scope["state"].pop(SESSION_KEY, None)
+
+    async def _state_changing(
+        self, scope: Scope, receive: Receive, send: Send, session: AsyncSession, settings: Any
+    ) -> None:
+        route_opt = scope["route_handler"].opt
+        key: str | None = None
+        if route_opt.get("idempotent", True):
+            key = idempotency.validate_key(Headers.from_scope(scope).get(idempotency.HEADER))
+            # Reading the body here caches it on the connection, so the handler reads the same bytes;
+            # Litestar enforces the body size limit while reading (413).
+            body = await Request(scope, receive).body()
+            fingerprint = idempotency.request_hash(scope["method"], scope["path"], scope.get("query_string", b""), body)
+            caller = caller_of(scope)
+            stored = await idempotency.claim(session, caller, key, fingerprint)
+            if stored is not None:
+                await session.rollback()
+                await _send_replay(send, stored)
+                return
+        held = _HeldResponse()
+        await self.app(scope, receive, held.send)
+        if held.status < 400:
+            if key is not None:
+                await idempotency.store(
+                    session, caller, key, fingerprint, held.stored(), settings.idempotency_ttl_seconds
+                )
+            await session.commit()
+        else:
+            await session.rollback()
+        await held.release(send)

@@ -1,0 +1,85 @@
+"""No Docker engine runs here, so the compose file and the Dockerfile are checked against the code instead."""
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from escrow.cli import build_parser
+from escrow.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def dockerfile_instructions(name: str) -> list[str]:
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.startswith(name + " ")]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in dockerfile_instructions("ENV"):
+        env.update(dict(re.findall(r"(\w+)=(\S+)", instruction)))
+    return env
+
+
+class TestCompose:
+    def test_database_is_postgres_17_with_healthcheck_and_volume(self) -> None:
+        db = COMPOSE["services"]["db"]
+        assert db["image"].split(":")[1].startswith("17")
+        assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+        volume = db["volumes"][0].split(":")[0]
+        assert volume in COMPOSE["volumes"]
+
+    def test_service_waits_for_healthy_database(self) -> None:
+        escrow = COMPOSE["services"]["escrow"]
+        assert escrow["depends_on"]["db"]["condition"] == "service_healthy"
+        assert escrow["build"] == "."
+
+    def test_environment_is_valid_settings(self) -> None:
+        environment = COMPOSE["services"]["escrow"]["environment"]
+        fields = {f"ESCROW_{name.upper()}" for name in Settings.model_fields}
+        assert set(environment) <= fields, set(environment) - fields
+        settings = Settings(**{k.removeprefix("ESCROW_").lower(): v for k, v in environment.items()})
+        assert settings.host == "0.0.0.0"
+
+    def test_database_url_points_at_the_db_service(self) -> None:
+        db_env = COMPOSE["services"]["db"]["environment"]
+        url = urlsplit(COMPOSE["services"]["escrow"]["environment"]["ESCROW_DATABASE_URL"])
+        assert url.hostname == "db" and (url.port or 5432) == 5432
+        assert (url.username, url.password) == (db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"])
+        assert url.path.lstrip("/") == db_env["POSTGRES_DB"]
+
+    def test_ports_agree(self) -> None:
+        escrow = COMPOSE["services"]["escrow"]
+        port = int(escrow["environment"]["ESCROW_PORT"])
+        assert escrow["ports"] == [f"{port}:{port}"]
+        assert dockerfile_instructions("EXPOSE") == [str(port)]
+        assert int(dockerfile_env()["ESCROW_PORT"]) == port
+        assert f":{port}/readyz" in DOCKERFILE
+
+
+class TestDockerfile:
+    def test_command_is_a_real_cli_command(self) -> None:
+        command = json.loads(dockerfile_instructions("CMD")[0])
+        assert command == COMPOSE["services"]["escrow"]["command"]
+        assert command[0] == "escrow"
+        args = build_parser().parse_args(command[1:])
+        assert args.command == "serve"
+
+    def test_image_carries_package_and_migrations(self) -> None:
+        copied = {instruction.split()[0] for instruction in dockerfile_instructions("COPY")}
+        assert {"escrow", "migrations", "pyproject.toml"} <= copied
+        assert dockerfile_instructions("FROM")[0].startswith("python:3.11")
+
+    def test_runs_as_unprivileged_user(self) -> None:
+        assert dockerfile_instructions("USER") == ["escrow"]
+
+    def test_env_names_are_settings(self) -> None:
+        fields = {f"ESCROW_{name.upper()}" for name in Settings.model_fields}
+        escrow_env = {k for k in dockerfile_env() if k.startswith("ESCROW_")}
+        assert escrow_env <= fields
