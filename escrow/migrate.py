@@ -47,3 +47,25 @@ async def current_revision(connection: AsyncConnection) -> str | None:
         return MigrationContext.configure(sync_connection).get_current_revision()
 
     return await connection.run_sync(_read)
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a SQL script into statements at top-level semicolons (``$$``-quoted bodies stay whole)."""
+    statements, current, quoted = [], [], False
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--") and not quoted:
+            continue
+        current.append(line)
+        quoted ^= line.count("$$") % 2 == 1
+        if not quoted and line.rstrip().endswith(";"):
+            statements.append("".join(current).strip())
+            current = []
+    if "".join(current).strip():
+        statements.append("".join(current).strip())
+    return statements
+
+
+def run_script(connection, script: str) -> None:  # connection: sqlalchemy.engine.Connection
+    """Run a migration's SQL script statement by statement, verbatim (no bind-parameter parsing)."""
+    for statement in split_sql(script):
+        connection.exec_driver_sql(statement)

@@ -18,11 +18,17 @@ async def _tables(url: str) -> set[str]:
     return names
 
 
+def orm_managed(obj, name, type_, reflected, compare_to) -> bool:
+    """The ledger's tables are written in SQL (functions and triggers own them), not mapped by the ORM."""
+    table = obj if type_ == "table" else getattr(obj, "table", None)
+    return not (table is not None and table.name.startswith("ledger_"))
+
+
 class TestMigrations:
     def test_upgrade_downgrade_upgrade(self, fresh_database: str) -> None:
         migrate.upgrade(fresh_database)
         at_head = asyncio.run(_tables(fresh_database))
-        assert "idempotency_keys" in at_head
+        assert {"idempotency_keys", "ledger_entries", "ledger_postings", "ledger_seals"} <= at_head
         migrate.downgrade(fresh_database, "base")
         assert asyncio.run(_tables(fresh_database)) <= {"alembic_version"}
         migrate.upgrade(fresh_database)
@@ -41,7 +47,9 @@ class TestMigrations:
             engine = create_async_engine(asyncpg_url(fresh_database))
             async with engine.connect() as connection:
                 result = await connection.run_sync(
-                    lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                    lambda sync: compare_metadata(
+                        MigrationContext.configure(sync, opts={"include_object": orm_managed}), Base.metadata
+                    )
                 )
             await engine.dispose()
             return result

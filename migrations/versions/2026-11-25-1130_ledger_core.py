@@ -1,0 +1,428 @@
+"""Ledger core: books, accounts, entries, postings, seals; balance, append-only and non-negative rules in SQL.
+
+Revision ID: 0002_ledger_core
+Revises: 0001_idempotency
+Create Date: 2026-11-25 11:30
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from escrow.migrate import run_script
+
+revision: str = "0002_ledger_core"
+down_revision: str | None = "0001_idempotency"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+AVAILABLE = """CASE {t}.normal_side
+        WHEN 'C' THEN {t}.posted_credits - {t}.posted_debits - {t}.pending_debits
+        ELSE {t}.posted_debits - {t}.posted_credits - {t}.pending_credits END"""
+
+UPGRADE = r"""
+CREATE TABLE ledger_books (
+    escrow_account_id text PRIMARY KEY CHECK (escrow_account_id ~ '^[A-Za-z0-9_]{1,64}$'),
+    frozen text NOT NULL DEFAULT 'none' CHECK (frozen IN ('none', 'debits', 'all')),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ledger_accounts (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    escrow_account_id text NOT NULL REFERENCES ledger_books,
+    code text NOT NULL CHECK (code ~ '^[a-z][a-z_]*(:[A-Za-z0-9_]+)?$' AND length(code) <= 100),
+    normal_side char(1) NOT NULL CHECK (normal_side IN ('D', 'C')),
+    currency char(3) NOT NULL DEFAULT 'CNY' CHECK (currency = 'CNY'),
+    non_negative boolean NOT NULL,
+    frozen text NOT NULL DEFAULT 'none' CHECK (frozen IN ('none', 'debits', 'all')),
+    -- running totals in fen of the movements that had to lock this row (see ledger_account_slots)
+    posted_debits bigint NOT NULL DEFAULT 0,
+    posted_credits bigint NOT NULL DEFAULT 0,
+    pending_debits bigint NOT NULL DEFAULT 0,
+    pending_credits bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT uq_ledger_accounts_code UNIQUE (escrow_account_id, code),
+    CONSTRAINT uq_ledger_accounts_kind UNIQUE (id, normal_side, non_negative)
+);
+
+-- Movements that can only raise an account's available balance are added to one of a few slot rows chosen by
+-- the backend, so concurrent credits to a busy account do not queue on one row lock.
+CREATE TABLE ledger_account_slots (
+    account_id bigint NOT NULL,
+    slot smallint NOT NULL CHECK (slot BETWEEN 1 AND 64),
+    escrow_account_id text NOT NULL,
+    normal_side char(1) NOT NULL,
+    non_negative boolean NOT NULL,
+    posted_debits bigint NOT NULL DEFAULT 0,
+    posted_credits bigint NOT NULL DEFAULT 0,
+    pending_debits bigint NOT NULL DEFAULT 0,
+    pending_credits bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, slot),
+    FOREIGN KEY (account_id, normal_side, non_negative)
+        REFERENCES ledger_accounts (id, normal_side, non_negative),
+    -- every delta written to a slot is non-decreasing, so a slot's own available balance never drops below 0
+    CONSTRAINT ck_ledger_account_slots_only_raises CHECK (NOT non_negative OR (@slot_available@) >= 0)
+);
+
+CREATE SEQUENCE ledger_entries_id_seq;
+CREATE TABLE ledger_entries (
+    id bigint PRIMARY KEY DEFAULT nextval('ledger_entries_id_seq'),
+    escrow_account_id text NOT NULL REFERENCES ledger_books,
+    kind text NOT NULL CHECK (kind ~ '^[a-z][a-z_]{0,62}$'),
+    type text NOT NULL CHECK (type IN ('posted', 'pending', 'post_pending', 'void_pending', 'expire_pending')),
+    pending_id bigint REFERENCES ledger_entries,
+    expires_at timestamptz,
+    refs jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(refs) = 'object'),
+    principal text,
+    idempotency_ref text,
+    occurred_at timestamptz NOT NULL DEFAULT now(),
+    business_date date NOT NULL,
+    xid xid8 NOT NULL,
+    CONSTRAINT ck_ledger_entries_resolution CHECK ((type IN ('post_pending', 'void_pending', 'expire_pending')) = (pending_id IS NOT NULL)),
+    CONSTRAINT ck_ledger_entries_expiry CHECK (expires_at IS NULL OR type = 'pending')
+);
+ALTER SEQUENCE ledger_entries_id_seq OWNED BY ledger_entries.id;
+-- A pending entry is resolved (posted, voided or expired) at most once.
+CREATE UNIQUE INDEX uq_ledger_entries_pending_id ON ledger_entries (pending_id) WHERE pending_id IS NOT NULL;
+CREATE UNIQUE INDEX uq_ledger_entries_idempotency_ref ON ledger_entries (escrow_account_id, idempotency_ref)
+    WHERE idempotency_ref IS NOT NULL;
+CREATE INDEX ix_ledger_entries_book_xid ON ledger_entries (escrow_account_id, xid);
+CREATE INDEX ix_ledger_entries_open_expiry ON ledger_entries (expires_at) WHERE type = 'pending' AND expires_at IS NOT NULL;
+
+CREATE TABLE ledger_postings (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    entry_id bigint NOT NULL REFERENCES ledger_entries,
+    escrow_account_id text NOT NULL,
+    account_id bigint NOT NULL REFERENCES ledger_accounts,
+    side char(1) NOT NULL CHECK (side IN ('D', 'C')),
+    kind text NOT NULL CHECK (kind IN ('posted', 'pending', 'release')),
+    amount bigint NOT NULL CONSTRAINT ck_ledger_postings_amount CHECK (amount > 0 AND amount < 1000000000000000)
+);
+CREATE INDEX ix_ledger_postings_entry_id ON ledger_postings (entry_id);
+CREATE INDEX ix_ledger_postings_account_id ON ledger_postings (account_id, id);
+
+-- Tamper evidence: each seal hashes a book's entries whose transactions ended below a snapshot horizon,
+-- chained to the book's previous seal. Sealing runs in batches, so writers never wait for the chain.
+CREATE TABLE ledger_seals (
+    escrow_account_id text NOT NULL REFERENCES ledger_books,
+    seq bigint NOT NULL CHECK (seq >= 1),
+    xid_from xid8 NOT NULL,
+    xid_to xid8 NOT NULL,
+    entry_count bigint NOT NULL,
+    digest bytea NOT NULL,
+    prev_hash bytea NOT NULL,
+    hash bytea NOT NULL,
+    sealed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (escrow_account_id, seq)
+);
+
+-- Journal rows are append-only: a correction is a new entry.
+CREATE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% on % refused: ledger journal rows are append-only', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'EL010';
+END $$;
+
+CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_postings_append_only BEFORE UPDATE OR DELETE ON ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_seals_append_only BEFORE UPDATE OR DELETE ON ledger_seals
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_accounts_no_delete BEFORE DELETE ON ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_slots_no_delete BEFORE DELETE ON ledger_account_slots
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_books_no_delete BEFORE DELETE ON ledger_books
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE ON ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_postings_no_truncate BEFORE TRUNCATE ON ledger_postings
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_seals_no_truncate BEFORE TRUNCATE ON ledger_seals
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_accounts_no_truncate BEFORE TRUNCATE ON ledger_accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+
+-- An account's identity never changes once it exists.
+CREATE FUNCTION ledger_accounts_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.escrow_account_id, NEW.code, NEW.normal_side, NEW.currency, NEW.non_negative)
+       IS DISTINCT FROM (OLD.escrow_account_id, OLD.code, OLD.normal_side, OLD.currency, OLD.non_negative) THEN
+        RAISE EXCEPTION 'ledger account % identity cannot change', OLD.id USING ERRCODE = 'EL010';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ledger_accounts_identity BEFORE UPDATE ON ledger_accounts
+    FOR EACH ROW EXECUTE FUNCTION ledger_accounts_fixed();
+
+-- Constrained accounts never go below zero. A movement that lowers the available balance must update the
+-- account row (taking its lock, so such movements queue); this trigger then adds the slots and checks.
+CREATE FUNCTION ledger_check_non_negative() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_available bigint;
+BEGIN
+    SELECT (@new_available@) + coalesce(sum(@slot_available_s@), 0) INTO v_available
+      FROM ledger_account_slots s WHERE s.account_id = NEW.id;
+    IF v_available < 0 THEN
+        RAISE EXCEPTION 'insufficient funds in ledger account %/%: available balance would be % fen',
+                NEW.escrow_account_id, NEW.code, v_available
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_non_negative',
+                  DETAIL = json_build_object('account_id', NEW.id, 'escrow_account_id', NEW.escrow_account_id,
+                                             'code', NEW.code, 'available', v_available)::text;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ledger_accounts_non_negative AFTER UPDATE ON ledger_accounts
+    FOR EACH ROW WHEN (NEW.non_negative AND (@new_available@) < (@old_available@))
+    EXECUTE FUNCTION ledger_check_non_negative();
+
+-- Slot rows only ever rise: lowering an available balance must go through the locked account row above.
+CREATE FUNCTION ledger_refuse_slot_decrease() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'slot % of ledger account % may only raise its available balance', NEW.slot, NEW.account_id
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_slot_only_raises';
+END $$;
+CREATE TRIGGER ledger_account_slots_only_raise BEFORE UPDATE ON ledger_account_slots
+    FOR EACH ROW WHEN (NEW.non_negative AND (@new_available@) < (@old_available@))
+    EXECUTE FUNCTION ledger_refuse_slot_decrease();
+
+-- Postings join their entry in the entry's own transaction, so the commit-time balance check sees all of them.
+CREATE FUNCTION ledger_stamp_entry() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.xid := pg_current_xact_id();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ledger_entries_stamp BEFORE INSERT ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_stamp_entry();
+
+CREATE FUNCTION ledger_check_posting() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_entry record;
+    v_book text;
+BEGIN
+    SELECT xid, type INTO v_entry FROM ledger_entries WHERE id = NEW.entry_id;
+    IF v_entry.xid IS DISTINCT FROM pg_current_xact_id() THEN
+        RAISE EXCEPTION 'posting for entry % must be written in the transaction that wrote the entry', NEW.entry_id
+            USING ERRCODE = 'EL010';
+    END IF;
+    IF NOT ((NEW.kind = 'pending' AND v_entry.type = 'pending')
+         OR (NEW.kind = 'posted' AND v_entry.type IN ('posted', 'post_pending'))
+         OR (NEW.kind = 'release' AND v_entry.type IN ('post_pending', 'void_pending', 'expire_pending'))) THEN
+        RAISE EXCEPTION 'a % posting does not belong in a % entry', NEW.kind, v_entry.type USING ERRCODE = 'EL010';
+    END IF;
+    SELECT escrow_account_id INTO v_book FROM ledger_accounts WHERE id = NEW.account_id;
+    IF v_book IS DISTINCT FROM NEW.escrow_account_id THEN
+        RAISE EXCEPTION 'posting names escrow account % but ledger account % belongs to %',
+            NEW.escrow_account_id, NEW.account_id, v_book USING ERRCODE = 'EL010';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ledger_postings_check BEFORE INSERT ON ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_check_posting();
+
+-- Every entry balances: for each kind of posting, debits equal credits (checked at commit).
+CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_count int;
+    v_unbalanced text;
+BEGIN
+    SELECT count(*), string_agg(kind, ', ') FILTER (WHERE d <> c) INTO v_count, v_unbalanced
+      FROM (SELECT kind, sum(amount) FILTER (WHERE side = 'D') AS d, sum(amount) FILTER (WHERE side = 'C') AS c,
+                   count(*) AS n
+              FROM ledger_postings WHERE entry_id = NEW.id GROUP BY kind) per_kind;
+    IF v_count = 0 OR v_unbalanced IS NOT NULL OR EXISTS (
+        SELECT 1 FROM ledger_postings WHERE entry_id = NEW.id GROUP BY kind
+        HAVING count(*) FILTER (WHERE side = 'D') = 0 OR count(*) FILTER (WHERE side = 'C') = 0) THEN
+        RAISE EXCEPTION 'ledger entry % does not balance (%)', NEW.id, coalesce(v_unbalanced, 'missing legs')
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_balanced';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced();
+
+-- Apply the postings of the given entries to the account totals, refusing frozen accounts.
+-- Accounts are visited in id order, so row locks are always taken in the same order (no deadlocks).
+CREATE FUNCTION ledger_apply(p_entry_ids bigint[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_slot smallint := 1 + (pg_backend_pid() % 16);
+    v_delta bigint;
+BEGIN
+    FOR r IN
+        SELECT a.id, a.escrow_account_id AS book, a.code, a.normal_side, a.non_negative,
+               a.frozen AS account_frozen, b.frozen AS book_frozen, d.*
+          FROM (SELECT p.account_id,
+                       coalesce(sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted'), 0) AS pd,
+                       coalesce(sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted'), 0) AS pc,
+                       coalesce(sum(CASE p.kind WHEN 'pending' THEN p.amount ELSE -p.amount END)
+                                FILTER (WHERE p.side = 'D' AND p.kind <> 'posted'), 0) AS hd,
+                       coalesce(sum(CASE p.kind WHEN 'pending' THEN p.amount ELSE -p.amount END)
+                                FILTER (WHERE p.side = 'C' AND p.kind <> 'posted'), 0) AS hc,
+                       bool_or(p.side = 'D' AND p.kind <> 'release') AS new_debits
+                  FROM ledger_postings p WHERE p.entry_id = ANY (p_entry_ids) GROUP BY p.account_id) d
+          JOIN ledger_accounts a ON a.id = d.account_id
+          JOIN ledger_books b ON b.escrow_account_id = a.escrow_account_id
+         ORDER BY a.id
+    LOOP
+        IF 'all' IN (r.account_frozen, r.book_frozen)
+           OR (r.new_debits AND 'debits' IN (r.account_frozen, r.book_frozen)) THEN
+            RAISE EXCEPTION 'ledger account %/% is frozen (%)', r.book, r.code,
+                    CASE WHEN r.account_frozen <> 'none' THEN 'account: ' || r.account_frozen
+                         ELSE 'escrow account: ' || r.book_frozen END
+                USING ERRCODE = 'EL002',
+                      DETAIL = json_build_object('escrow_account_id', r.book, 'code', r.code)::text;
+        END IF;
+        v_delta := CASE r.normal_side WHEN 'C' THEN r.pc - r.pd - r.hd ELSE r.pd - r.pc - r.hc END;
+        IF r.non_negative AND v_delta < 0 THEN
+            UPDATE ledger_accounts
+               SET posted_debits = posted_debits + r.pd, posted_credits = posted_credits + r.pc,
+                   pending_debits = pending_debits + r.hd, pending_credits = pending_credits + r.hc
+             WHERE id = r.id;
+        ELSE
+            INSERT INTO ledger_account_slots AS s (account_id, slot, escrow_account_id, normal_side, non_negative,
+                                                   posted_debits, posted_credits, pending_debits, pending_credits)
+            VALUES (r.id, v_slot, r.book, r.normal_side, r.non_negative, r.pd, r.pc, r.hd, r.hc)
+            ON CONFLICT (account_id, slot) DO UPDATE
+               SET posted_debits = s.posted_debits + EXCLUDED.posted_debits,
+                   posted_credits = s.posted_credits + EXCLUDED.posted_credits,
+                   pending_debits = s.pending_debits + EXCLUDED.pending_debits,
+                   pending_credits = s.pending_credits + EXCLUDED.pending_credits;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Write entries of type posted or pending, given as a JSON array, in one statement each for entries and
+-- postings; returns their ids in input order.
+CREATE FUNCTION ledger_post_entries(p_entries jsonb, p_tz text) RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+    v_missing record;
+BEGIN
+    SELECT array_agg(nextval('ledger_entries_id_seq') ORDER BY n) INTO v_ids
+      FROM generate_series(1, jsonb_array_length(p_entries)) AS n;
+
+    INSERT INTO ledger_entries (id, escrow_account_id, kind, type, expires_at, refs, principal, idempotency_ref,
+                                business_date)
+    SELECT v_ids[e.n], e.v->>'book', e.v->>'kind', e.v->>'type', (e.v->>'expires_at')::timestamptz,
+           coalesce(e.v->'refs', '{}'::jsonb), e.v->>'principal', e.v->>'idempotency_ref',
+           (now() AT TIME ZONE p_tz)::date
+      FROM jsonb_array_elements(p_entries) WITH ORDINALITY AS e(v, n);
+
+    SELECT l.v->>'book' AS book, l.v->>'code' AS code INTO v_missing
+      FROM jsonb_array_elements(p_entries) AS e(v), jsonb_array_elements(e.v->'legs') AS l(v)
+     WHERE NOT EXISTS (SELECT 1 FROM ledger_accounts a
+                        WHERE a.escrow_account_id = l.v->>'book' AND a.code = l.v->>'code')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'no ledger account %/%', v_missing.book, v_missing.code USING ERRCODE = 'EL001',
+            DETAIL = json_build_object('escrow_account_id', v_missing.book, 'code', v_missing.code)::text;
+    END IF;
+
+    INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
+    SELECT v_ids[e.n], a.escrow_account_id, a.id, l.v->>'side',
+           CASE e.v->>'type' WHEN 'pending' THEN 'pending' ELSE 'posted' END, (l.v->>'amount')::bigint
+      FROM jsonb_array_elements(p_entries) WITH ORDINALITY AS e(v, n)
+     CROSS JOIN LATERAL jsonb_array_elements(e.v->'legs') WITH ORDINALITY AS l(v, k)
+      JOIN ledger_accounts a ON a.escrow_account_id = l.v->>'book' AND a.code = l.v->>'code'
+     ORDER BY e.n, l.k;
+
+    PERFORM ledger_apply(v_ids);
+    RETURN v_ids;
+END $$;
+
+-- Post (all or part), void or expire a pending entry, exactly once.
+CREATE FUNCTION ledger_resolve_pending(p_pending_id bigint, p_action text, p_amount bigint, p_principal text,
+                                       p_refs jsonb, p_idempotency_ref text, p_tz text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_pending ledger_entries%ROWTYPE;
+    v_done record;
+    v_held bigint;
+    v_legs int;
+    v_id bigint := nextval('ledger_entries_id_seq');
+BEGIN
+    SELECT * INTO v_pending FROM ledger_entries WHERE id = p_pending_id FOR UPDATE;
+    IF NOT FOUND OR v_pending.type <> 'pending' THEN
+        RAISE EXCEPTION 'no pending ledger entry %', p_pending_id USING ERRCODE = 'EL003';
+    END IF;
+    SELECT id, type INTO v_done FROM ledger_entries WHERE pending_id = p_pending_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'pending ledger entry % was already resolved by entry % (%)', p_pending_id, v_done.id,
+                v_done.type
+            USING ERRCODE = 'EL004', DETAIL = json_build_object('resolution', v_done.type, 'entry_id', v_done.id)::text;
+    END IF;
+    IF p_action = 'post' AND v_pending.expires_at IS NOT NULL AND v_pending.expires_at <= now() THEN
+        RAISE EXCEPTION 'pending ledger entry % expired at %', p_pending_id, v_pending.expires_at
+            USING ERRCODE = 'EL006';
+    END IF;
+    IF p_action = 'expire' AND (v_pending.expires_at IS NULL OR v_pending.expires_at > now()) THEN
+        RAISE EXCEPTION 'pending ledger entry % has not expired', p_pending_id USING ERRCODE = 'EL006';
+    END IF;
+    SELECT sum(amount) FILTER (WHERE side = 'D'), count(*) INTO v_held, v_legs
+      FROM ledger_postings WHERE entry_id = p_pending_id;
+    IF p_action = 'post' AND p_amount IS NOT NULL AND p_amount <> v_held THEN
+        IF p_amount > v_held OR p_amount <= 0 THEN
+            RAISE EXCEPTION 'cannot post % fen of pending ledger entry % holding % fen', p_amount, p_pending_id, v_held
+                USING ERRCODE = 'EL005', DETAIL = json_build_object('held', v_held)::text;
+        END IF;
+        IF v_legs <> 2 THEN
+            RAISE EXCEPTION 'pending ledger entry % has % legs: only a single debit/credit pair can be posted in part',
+                p_pending_id, v_legs USING ERRCODE = 'EL007';
+        END IF;
+    END IF;
+
+    INSERT INTO ledger_entries (id, escrow_account_id, kind, type, pending_id, refs, principal, idempotency_ref,
+                                business_date)
+    VALUES (v_id, v_pending.escrow_account_id, v_pending.kind, p_action || '_pending', p_pending_id,
+            coalesce(p_refs, '{}'::jsonb), p_principal, p_idempotency_ref, (now() AT TIME ZONE p_tz)::date);
+
+    INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
+    SELECT v_id, escrow_account_id, account_id, side, 'release', amount
+      FROM ledger_postings WHERE entry_id = p_pending_id ORDER BY id;
+    IF p_action = 'post' THEN
+        INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
+        SELECT v_id, escrow_account_id, account_id, side, 'posted', coalesce(p_amount, amount)
+          FROM ledger_postings WHERE entry_id = p_pending_id ORDER BY id;
+    END IF;
+
+    PERFORM ledger_apply(ARRAY[v_id]);
+    RETURN v_id;
+END $$;
+"""
+
+DOWNGRADE = """
+DROP FUNCTION ledger_resolve_pending(bigint, text, bigint, text, jsonb, text, text);
+DROP FUNCTION ledger_post_entries(jsonb, text);
+DROP FUNCTION ledger_apply(bigint[]);
+DROP TABLE ledger_seals;
+DROP TABLE ledger_postings;
+DROP TABLE ledger_entries;
+DROP TABLE ledger_account_slots;
+DROP TABLE ledger_accounts;
+DROP TABLE ledger_books;
+DROP FUNCTION ledger_check_balanced();
+DROP FUNCTION ledger_check_posting();
+DROP FUNCTION ledger_stamp_entry();
+DROP FUNCTION ledger_check_non_negative();
+DROP FUNCTION ledger_refuse_slot_decrease();
+DROP FUNCTION ledger_accounts_fixed();
+DROP FUNCTION ledger_refuse_change();
+"""
+
+
+def upgrade() -> None:
+    sql = UPGRADE
+    for name, table in {
+        "slot_available_s": "s",
+        "slot_available": "ledger_account_slots",
+        "new_available": "NEW",
+        "old_available": "OLD",
+    }.items():
+        sql = sql.replace(f"@{name}@", AVAILABLE.format(t=table))
+    run_script(op.get_bind(), sql)
+
+
+def downgrade() -> None:
+    run_script(op.get_bind(), DOWNGRADE)
