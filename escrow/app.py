@@ -1,7 +1,8 @@
 """create_app(): settings in, a Litestar application out; the database is opened on startup, closed on shutdown."""
 
+import asyncio
 from collections.abc import Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from litestar import Litestar
 from litestar.datastructures import State
@@ -12,12 +13,14 @@ from escrow.config import Settings, get_settings
 from escrow.db import create_engine, create_sessionmaker, resolve_database_url
 from escrow.errors import exception_handlers
 from escrow.health.endpoints import healthz, readyz
+from escrow.ledger.endpoints import verify_ledger
+from escrow.ledger.integrity import seal_periodically
 from escrow.logs import RequestLogMiddleware, configure_logging
 from escrow.migrate import head_revision
 from escrow.openapi import docs, openapi_config, openapi_json
 from escrow.unit_of_work import UnitOfWorkMiddleware, provide_db_session
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz, openapi_json, docs]
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz, openapi_json, docs, verify_ledger]
 
 
 def create_app(settings: Settings | None = None, extra_routes: Sequence[ControllerRouterHandler] = ()) -> Litestar:
@@ -30,9 +33,13 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
         engine = create_engine(url, settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        sealer = asyncio.create_task(seal_periodically(app.state.sessionmaker, settings.seal_interval_seconds))
         try:
             yield
         finally:
+            sealer.cancel()
+            with suppress(asyncio.CancelledError):
+                await sealer
             await engine.dispose()
 
     app = Litestar(

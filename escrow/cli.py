@@ -1,4 +1,4 @@
-"""The `escrow` command: serve, migrate, db-url, openapi (and, as the domain grows, its operator tools)."""
+"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin and bench."""
 
 import argparse
 import asyncio
@@ -91,6 +91,105 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_with_engine(work, *, pool_size: int | None = None) -> object:
+    """Run ``work(engine)`` against the configured (or embedded) database, migrated to head first."""
+    from escrow import migrate
+    from escrow.db import create_engine, resolve_database_url
+
+    settings = get_settings()
+    url = resolve_database_url(settings)
+    migrate.upgrade(url)
+    if pool_size:
+        settings = settings.model_copy(update={"db_pool_size": pool_size, "db_max_overflow": 0})
+
+    async def main() -> object:
+        engine = create_engine(url, settings)
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from escrow.db import create_sessionmaker
+    from escrow.ledger.integrity import seal, verify_database
+
+    async def work(engine):
+        if not args.no_seal:
+            async with create_sessionmaker(engine)() as session:
+                sealed = await seal(session)
+                await session.commit()
+            print(f"sealed {sealed.entries} new entries in {sealed.seals} seals (horizon {sealed.horizon})")
+        return await verify_database(engine)
+
+    report = _run_with_engine(work)
+    for check in report.checks:
+        mark = "ok  " if check.ok else "FAIL"
+        where = "" if check.ok else f"  first failure: {check.first_failure}"
+        print(f"{mark} {check.name} ({check.checked} checked){where}")
+    print(f"sealed entries: {report.sealed_entries}, not yet sealed: {report.unsealed_entries}")
+    print("ledger verified" if report.ok else "LEDGER VERIFICATION FAILED")
+    return 0 if report.ok else 1
+
+
+def cmd_admin_create_token(args: argparse.Namespace) -> int:
+    from escrow.auth.tokens import issue_token
+    from escrow.db import create_sessionmaker
+
+    async def work(engine):
+        async with create_sessionmaker(engine)() as session:
+            token, secret = await issue_token(session, args.role, args.name)
+            await session.commit()
+            return token, secret
+
+    token, secret = _run_with_engine(work)
+    print(f"token id:  {token.id}\nprincipal: {token.principal_id} ({token.role})", file=sys.stderr)
+    print("the secret below is shown once; it is stored only as a hash", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def cmd_bench_ledger(args: argparse.Namespace) -> int:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from escrow.ledger import bench
+
+    async def work(engine: AsyncEngine):
+        return await bench.run(engine, args.workers, args.accounts, args.seconds, args.batch)
+
+    results = _run_with_bench_database(work, pool_size=args.workers + 2)
+    print(f"ledger benchmark on {bench.machine()}, {args.seconds:g} s per scenario")
+    print(bench.table(results))
+    return 0
+
+
+def _run_with_bench_database(work, *, pool_size: int) -> object:
+    """Benchmarks write into a scratch database next to the configured one, dropped afterwards."""
+    import asyncpg
+
+    from escrow.db import resolve_database_url, with_database
+
+    base = resolve_database_url(get_settings())
+    name = f"escrow_bench_{os.getpid()}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(base)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    os.environ["ESCROW_DATABASE_URL"] = with_database(base, name)
+    get_settings.cache_clear()
+    try:
+        return _run_with_engine(work, pool_size=pool_size)
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="escrow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -113,6 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.add_argument("--output", type=Path, default=DEFAULT_OPENAPI, help="where to write it")
     openapi.add_argument("--check", action="store_true", help="only check that the file is up to date")
     openapi.set_defaults(func=cmd_openapi)
+
+    verify = commands.add_parser("verify", help="seal new journal entries, then verify hash chains and invariants")
+    verify.add_argument("--no-seal", action="store_true", help="verify only; do not seal new entries first")
+    verify.set_defaults(func=cmd_verify)
+
+    admin = commands.add_parser("admin", help="operator tasks")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="TASK")
+    create_token = admin_commands.add_parser("create-token", help="issue a token and print its secret once")
+    create_token.add_argument("--role", required=True, choices=["regulator"], help="the first token is a regulator's")
+    create_token.add_argument("--name", required=True, help="who or what the token is for")
+    create_token.set_defaults(func=cmd_admin_create_token)
+
+    bench = commands.add_parser("bench", help="benchmarks (printed as Markdown tables)")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    bench_ledger = bench_commands.add_parser("ledger", help="transfers/s through the ledger API")
+    bench_ledger.add_argument("--workers", type=int, default=8, help="concurrent connections (default 8)")
+    bench_ledger.add_argument("--accounts", type=int, default=1000, help="card accounts to spread over (default 1000)")
+    bench_ledger.add_argument("--seconds", type=float, default=10, help="duration of each scenario (default 10)")
+    bench_ledger.add_argument("--batch", type=int, default=500, help="entries per call in the batch scenario")
+    bench_ledger.set_defaults(func=cmd_bench_ledger)
     return parser
 
 

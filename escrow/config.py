@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a stored Idempotency-Key response is replayed."
     )
+    seal_interval_seconds: float = Field(
+        default=60, ge=0, description="How often the service seals new journal entries into the hash chain (0: never)."
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field(default="auto", description="`json`, `console`, or `auto` (console on a terminal).")
     business_timezone: str = Field(default="Asia/Shanghai", description="Time zone of business dates.")

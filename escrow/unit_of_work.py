@@ -7,7 +7,6 @@ otherwise), and only then sends the response. A failed commit becomes an error r
 money that was not committed.
 """
 
-import hashlib
 from typing import Any
 
 from litestar import Request
@@ -17,20 +16,17 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow import idempotency
+from escrow.auth.guards import PRINCIPAL_KEY, principal_of
+from escrow.auth.tokens import authenticate
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_KEY = "db_session"
 
 
 def caller_of(scope: Scope) -> str:
-    """Who an Idempotency-Key belongs to: the authenticated principal, else the credentials presented."""
-    principal = scope.get("state", {}).get("principal_id")
-    if principal:
-        return str(principal)
-    authorization = Headers.from_scope(scope).get("authorization")
-    if authorization:
-        return "cred:" + hashlib.sha256(authorization.encode()).hexdigest()[:40]
-    return "anonymous"
+    """Who an Idempotency-Key belongs to: the authenticated principal (anonymous callers share one scope)."""
+    principal = principal_of(scope)
+    return principal.id if principal else "anonymous"
 
 
 async def provide_db_session(request: Request) -> AsyncSession:
@@ -86,6 +82,8 @@ class UnitOfWorkMiddleware:
         async with app_state.sessionmaker() as session:
             scope["state"][SESSION_KEY] = session
             try:
+                headers = Headers.from_scope(scope)
+                scope["state"][PRINCIPAL_KEY] = await authenticate(session, headers.get("authorization"))
                 if scope["method"] in SAFE_METHODS:
                     await self.app(scope, receive, send)
                 else:

@@ -102,7 +102,30 @@ class TestRawSQL:
                 f"INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)"
                 f" VALUES ({entry_id}, '{BOOK}', {ACCOUNT % 'card:c1'}, 'C', 'posted', 5)",
             )
-        assert sqlstate(caught) == "EL010"
+        assert sqlstate(caught) == "23503"  # (entry_id, xid) must name an entry of this transaction
+
+    async def test_posting_kind_must_fit_its_entry(self, engine: AsyncEngine, entry_id: int) -> None:
+        with pytest.raises(DBAPIError) as caught:
+            await run(
+                engine,
+                f"INSERT INTO ledger_entries (id, escrow_account_id, kind, type, business_date)"
+                f" VALUES (995, '{BOOK}', 'forged', 'posted', current_date)",
+                f"INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)"
+                f" VALUES (995, '{BOOK}', {ACCOUNT % 'card:c1'}, 'D', 'release', 5),"
+                f" (995, '{BOOK}', {ACCOUNT % 'custody_cash'}, 'C', 'release', 5)",
+            )
+        assert sqlstate(caught) == "23514"
+
+    async def test_posting_book_must_match_its_account(self, engine: AsyncEngine, entry_id: int) -> None:
+        with pytest.raises(DBAPIError) as caught:
+            await run(
+                engine,
+                f"INSERT INTO ledger_entries (id, escrow_account_id, kind, type, business_date)"
+                f" VALUES (994, '{BOOK}', 'forged', 'posted', current_date)",
+                f"INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)"
+                f" VALUES (994, 'esc_other', {ACCOUNT % 'card:c1'}, 'D', 'posted', 5)",
+            )
+        assert sqlstate(caught) == "23503"
 
     async def test_pending_resolved_at_most_once(
         self, engine: AsyncEngine, session: AsyncSession, entry_id: int

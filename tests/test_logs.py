@@ -6,8 +6,10 @@ import pytest
 import structlog
 from httpx import AsyncClient
 from litestar import Litestar, post
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow.app import create_app
+from escrow.auth.tokens import issue_token
 from escrow.config import Settings
 from escrow.logs import REDACTED, redact_processor
 
@@ -55,14 +57,18 @@ class TestRequestLog:
 
 
 class TestRedaction:
-    async def test_nothing_secret_reaches_the_log(self, client: AsyncClient, capsys) -> None:
+    async def test_nothing_secret_reaches_the_log(self, client: AsyncClient, session: AsyncSession, capsys) -> None:
+        _, issued = await issue_token(session, "regulator", "log test")
+        await session.commit()
         response = await client.post(
-            "/t/chatty", headers={"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "log-1"}
+            "/t/chatty", headers={"Authorization": f"Bearer {issued}", "Idempotency-Key": "log-1"}
         )
         assert response.status_code == 201
+        refused = await client.get("/healthz", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert refused.status_code == 401
         err = capsys.readouterr().err
         assert "onboarding" in err
-        for secret in (TOKEN, SECRET, PHONE, ACCOUNT):
+        for secret in (issued, TOKEN, SECRET, PHONE, ACCOUNT):
             assert secret not in err
         assert "138****5678" in err  # phone numbers stay recognisable, masked
         assert "****0123" in err

@@ -124,9 +124,8 @@ def _check_amount(amount: object) -> int:
     return amount
 
 
-def _entry_json(entry: Entry, pending: bool) -> dict[str, Any]:
+def _validate(entry: Entry, pending: bool) -> None:
     debits = credits = 0
-    legs = []
     for leg in entry.legs:
         amount = _check_amount(leg.amount)
         if leg.side == "D":
@@ -135,21 +134,48 @@ def _entry_json(entry: Entry, pending: bool) -> dict[str, Any]:
             credits += amount
         else:
             raise errors.InvalidMovement(f"side must be D or C, got {leg.side!r}")
-        legs.append({"book": leg.book or entry.book, "code": leg.account, "side": leg.side, "amount": amount})
     if debits != credits or not debits:
         raise errors.Unbalanced(f"{entry.kind}: debits {debits} fen and credits {credits} fen must be equal")
     if entry.expires_at is not None and not pending:
         raise errors.InvalidMovement("only holds can expire")
-    return {
-        "book": entry.book,
-        "kind": entry.kind,
-        "type": "pending" if pending else "posted",
-        "legs": legs,
-        "refs": entry.refs,
-        "principal": entry.principal,
-        "idempotency_ref": entry.idempotency_ref,
-        "expires_at": entry.expires_at.isoformat() if entry.expires_at else None,
-    }
+
+
+_POST_ENTRIES = (
+    "SELECT ledger_post_entries($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],"
+    " $7::timestamptz[], $8::int[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13)"
+)
+
+
+def _post_entries_params(entries: Sequence[Entry], pending: bool) -> tuple[Any, ...]:
+    """The entries as the parallel arrays ``ledger_post_entries`` takes (legs name their entry by position)."""
+    leg_entries: list[int] = []
+    leg_books: list[str] = []
+    leg_codes: list[str] = []
+    leg_sides: list[str] = []
+    leg_amounts: list[int] = []
+    for position, entry in enumerate(entries, start=1):
+        _validate(entry, pending)
+        for leg in entry.legs:
+            leg_entries.append(position)
+            leg_books.append(leg.book or entry.book)
+            leg_codes.append(leg.account)
+            leg_sides.append(leg.side)
+            leg_amounts.append(leg.amount)
+    return (
+        [e.book for e in entries],
+        [e.kind for e in entries],
+        ["pending" if pending else "posted"] * len(entries),
+        [json.dumps(e.refs) if e.refs else None for e in entries],
+        [e.principal for e in entries],
+        [e.idempotency_ref for e in entries],
+        [e.expires_at for e in entries],
+        leg_entries,
+        leg_books,
+        leg_codes,
+        leg_sides,
+        leg_amounts,
+        get_settings().business_timezone,
+    )
 
 
 async def _call(session: AsyncSession, sql: str, params: Sequence[Any]) -> Any:
@@ -164,11 +190,10 @@ async def _call(session: AsyncSession, sql: str, params: Sequence[Any]) -> Any:
 
 async def post_many(session: AsyncSession, entries: Iterable[Entry], *, pending: bool = False) -> list[int]:
     """Write many entries in one call and one transaction; returns their ids in order."""
-    payload = [_entry_json(entry, pending) for entry in entries]
-    if not payload:
+    entries = list(entries)
+    if not entries:
         return []
-    tz = get_settings().business_timezone
-    return list(await _call(session, "SELECT ledger_post_entries($1::jsonb, $2)", (json.dumps(payload), tz)))
+    return list(await _call(session, _POST_ENTRIES, _post_entries_params(entries, pending)))
 
 
 async def post(session: AsyncSession, entry: Entry) -> int:

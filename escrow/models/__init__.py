@@ -2,5 +2,6 @@
 
 from escrow.models.base import Base
 from escrow.models.idempotency import IdempotencyKey
+from escrow.models.token import ApiToken
 
-__all__ = ["Base", "IdempotencyKey"]
+__all__ = ["ApiToken", "Base", "IdempotencyKey"]

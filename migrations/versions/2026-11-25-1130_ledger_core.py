@@ -42,7 +42,8 @@ CREATE TABLE ledger_accounts (
     pending_credits bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT uq_ledger_accounts_code UNIQUE (escrow_account_id, code),
-    CONSTRAINT uq_ledger_accounts_kind UNIQUE (id, normal_side, non_negative)
+    CONSTRAINT uq_ledger_accounts_kind UNIQUE (id, normal_side, non_negative),
+    CONSTRAINT uq_ledger_accounts_book UNIQUE (id, escrow_account_id)
 );
 
 -- Movements that can only raise an account's available balance are added to one of a few slot rows chosen by
@@ -79,7 +80,9 @@ CREATE TABLE ledger_entries (
     business_date date NOT NULL,
     xid xid8 NOT NULL,
     CONSTRAINT ck_ledger_entries_resolution CHECK ((type IN ('post_pending', 'void_pending', 'expire_pending')) = (pending_id IS NOT NULL)),
-    CONSTRAINT ck_ledger_entries_expiry CHECK (expires_at IS NULL OR type = 'pending')
+    CONSTRAINT ck_ledger_entries_expiry CHECK (expires_at IS NULL OR type = 'pending'),
+    -- postings reference (id, xid): they can only join an entry written by their own transaction
+    CONSTRAINT uq_ledger_entries_id_xid UNIQUE (id, xid)
 );
 ALTER SEQUENCE ledger_entries_id_seq OWNED BY ledger_entries.id;
 -- A pending entry is resolved (posted, voided or expired) at most once.
@@ -91,12 +94,16 @@ CREATE INDEX ix_ledger_entries_open_expiry ON ledger_entries (expires_at) WHERE 
 
 CREATE TABLE ledger_postings (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    entry_id bigint NOT NULL REFERENCES ledger_entries,
+    entry_id bigint NOT NULL,
     escrow_account_id text NOT NULL,
-    account_id bigint NOT NULL REFERENCES ledger_accounts,
+    account_id bigint NOT NULL,
     side char(1) NOT NULL CHECK (side IN ('D', 'C')),
     kind text NOT NULL CHECK (kind IN ('posted', 'pending', 'release')),
-    amount bigint NOT NULL CONSTRAINT ck_ledger_postings_amount CHECK (amount > 0 AND amount < 1000000000000000)
+    amount bigint NOT NULL CONSTRAINT ck_ledger_postings_amount CHECK (amount > 0 AND amount < 1000000000000000),
+    xid xid8 NOT NULL,
+    CONSTRAINT fk_ledger_postings_entry FOREIGN KEY (entry_id, xid) REFERENCES ledger_entries (id, xid),
+    CONSTRAINT fk_ledger_postings_account FOREIGN KEY (account_id, escrow_account_id)
+        REFERENCES ledger_accounts (id, escrow_account_id)
 );
 CREATE INDEX ix_ledger_postings_entry_id ON ledger_postings (entry_id);
 CREATE INDEX ix_ledger_postings_account_id ON ledger_postings (account_id, id);
@@ -154,7 +161,9 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER ledger_accounts_identity BEFORE UPDATE ON ledger_accounts
-    FOR EACH ROW EXECUTE FUNCTION ledger_accounts_fixed();
+    FOR EACH ROW WHEN ((NEW.escrow_account_id, NEW.code, NEW.normal_side, NEW.currency, NEW.non_negative)
+                       IS DISTINCT FROM (OLD.escrow_account_id, OLD.code, OLD.normal_side, OLD.currency, OLD.non_negative))
+    EXECUTE FUNCTION ledger_accounts_fixed();
 
 -- Constrained accounts never go below zero. A movement that lowers the available balance must update the
 -- account row (taking its lock, so such movements queue); this trigger then adds the slots and checks.
@@ -187,39 +196,17 @@ CREATE TRIGGER ledger_account_slots_only_raise BEFORE UPDATE ON ledger_account_s
     FOR EACH ROW WHEN (NEW.non_negative AND (@new_available@) < (@old_available@))
     EXECUTE FUNCTION ledger_refuse_slot_decrease();
 
--- Postings join their entry in the entry's own transaction, so the commit-time balance check sees all of them.
-CREATE FUNCTION ledger_stamp_entry() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Entries and postings carry the id of the transaction that wrote them: postings can only join an entry of
+-- their own transaction (so the commit-time balance check sees all of an entry's postings), and seals use it.
+CREATE FUNCTION ledger_stamp_xid() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.xid := pg_current_xact_id();
     RETURN NEW;
 END $$;
 CREATE TRIGGER ledger_entries_stamp BEFORE INSERT ON ledger_entries
-    FOR EACH ROW EXECUTE FUNCTION ledger_stamp_entry();
-
-CREATE FUNCTION ledger_check_posting() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_entry record;
-    v_book text;
-BEGIN
-    SELECT xid, type INTO v_entry FROM ledger_entries WHERE id = NEW.entry_id;
-    IF v_entry.xid IS DISTINCT FROM pg_current_xact_id() THEN
-        RAISE EXCEPTION 'posting for entry % must be written in the transaction that wrote the entry', NEW.entry_id
-            USING ERRCODE = 'EL010';
-    END IF;
-    IF NOT ((NEW.kind = 'pending' AND v_entry.type = 'pending')
-         OR (NEW.kind = 'posted' AND v_entry.type IN ('posted', 'post_pending'))
-         OR (NEW.kind = 'release' AND v_entry.type IN ('post_pending', 'void_pending', 'expire_pending'))) THEN
-        RAISE EXCEPTION 'a % posting does not belong in a % entry', NEW.kind, v_entry.type USING ERRCODE = 'EL010';
-    END IF;
-    SELECT escrow_account_id INTO v_book FROM ledger_accounts WHERE id = NEW.account_id;
-    IF v_book IS DISTINCT FROM NEW.escrow_account_id THEN
-        RAISE EXCEPTION 'posting names escrow account % but ledger account % belongs to %',
-            NEW.escrow_account_id, NEW.account_id, v_book USING ERRCODE = 'EL010';
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER ledger_postings_check BEFORE INSERT ON ledger_postings
-    FOR EACH ROW EXECUTE FUNCTION ledger_check_posting();
+    FOR EACH ROW EXECUTE FUNCTION ledger_stamp_xid();
+CREATE TRIGGER ledger_postings_stamp BEFORE INSERT ON ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_stamp_xid();
 
 -- Every entry balances: for each kind of posting, debits equal credits (checked at commit).
 CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -233,7 +220,11 @@ BEGIN
               FROM ledger_postings WHERE entry_id = NEW.id GROUP BY kind) per_kind;
     IF v_count = 0 OR v_unbalanced IS NOT NULL OR EXISTS (
         SELECT 1 FROM ledger_postings WHERE entry_id = NEW.id GROUP BY kind
-        HAVING count(*) FILTER (WHERE side = 'D') = 0 OR count(*) FILTER (WHERE side = 'C') = 0) THEN
+        HAVING count(*) FILTER (WHERE side = 'D') = 0 OR count(*) FILTER (WHERE side = 'C') = 0
+            -- each type of entry carries only its kinds of posting
+            OR NOT ((kind = 'pending' AND NEW.type = 'pending')
+                 OR (kind = 'posted' AND NEW.type IN ('posted', 'post_pending'))
+                 OR (kind = 'release' AND NEW.type IN ('post_pending', 'void_pending', 'expire_pending')))) THEN
         RAISE EXCEPTION 'ledger entry % does not balance (%)', NEW.id, coalesce(v_unbalanced, 'missing legs')
             USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_balanced';
     END IF;
@@ -242,9 +233,10 @@ END $$;
 CREATE CONSTRAINT TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced();
 
--- Apply the postings of the given entries to the account totals, refusing frozen accounts.
--- Accounts are visited in id order, so row locks are always taken in the same order (no deadlocks).
-CREATE FUNCTION ledger_apply(p_entry_ids bigint[]) RETURNS void LANGUAGE plpgsql AS $$
+-- Apply legs (account, side, kind, amount) to the account totals, refusing frozen accounts. Accounts are
+-- visited in id order, so row locks are always taken in the same order (no deadlocks between movements).
+CREATE FUNCTION ledger_apply(p_account_ids bigint[], p_sides text[], p_kinds text[], p_amounts bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     v_slot smallint := 1 + (pg_backend_pid() % 16);
@@ -252,16 +244,17 @@ DECLARE
 BEGIN
     FOR r IN
         SELECT a.id, a.escrow_account_id AS book, a.code, a.normal_side, a.non_negative,
-               a.frozen AS account_frozen, b.frozen AS book_frozen, d.*
-          FROM (SELECT p.account_id,
-                       coalesce(sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted'), 0) AS pd,
-                       coalesce(sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted'), 0) AS pc,
-                       coalesce(sum(CASE p.kind WHEN 'pending' THEN p.amount ELSE -p.amount END)
-                                FILTER (WHERE p.side = 'D' AND p.kind <> 'posted'), 0) AS hd,
-                       coalesce(sum(CASE p.kind WHEN 'pending' THEN p.amount ELSE -p.amount END)
-                                FILTER (WHERE p.side = 'C' AND p.kind <> 'posted'), 0) AS hc,
-                       bool_or(p.side = 'D' AND p.kind <> 'release') AS new_debits
-                  FROM ledger_postings p WHERE p.entry_id = ANY (p_entry_ids) GROUP BY p.account_id) d
+               a.frozen AS account_frozen, b.frozen AS book_frozen, d.pd, d.pc, d.hd, d.hc, d.new_debits
+          FROM (SELECT u.account_id,
+                       coalesce(sum(u.amount) FILTER (WHERE u.side = 'D' AND u.kind = 'posted'), 0) AS pd,
+                       coalesce(sum(u.amount) FILTER (WHERE u.side = 'C' AND u.kind = 'posted'), 0) AS pc,
+                       coalesce(sum(CASE u.kind WHEN 'pending' THEN u.amount ELSE -u.amount END)
+                                FILTER (WHERE u.side = 'D' AND u.kind <> 'posted'), 0) AS hd,
+                       coalesce(sum(CASE u.kind WHEN 'pending' THEN u.amount ELSE -u.amount END)
+                                FILTER (WHERE u.side = 'C' AND u.kind <> 'posted'), 0) AS hc,
+                       bool_or(u.side = 'D' AND u.kind <> 'release') AS new_debits
+                  FROM unnest(p_account_ids, p_sides, p_kinds, p_amounts) AS u(account_id, side, kind, amount)
+                 GROUP BY u.account_id) d
           JOIN ledger_accounts a ON a.id = d.account_id
           JOIN ledger_books b ON b.escrow_account_id = a.escrow_account_id
          ORDER BY a.id
@@ -281,6 +274,11 @@ BEGIN
                    pending_debits = pending_debits + r.hd, pending_credits = pending_credits + r.hc
              WHERE id = r.id;
         ELSE
+            UPDATE ledger_account_slots
+               SET posted_debits = posted_debits + r.pd, posted_credits = posted_credits + r.pc,
+                   pending_debits = pending_debits + r.hd, pending_credits = pending_credits + r.hc
+             WHERE account_id = r.id AND slot = v_slot;
+            CONTINUE WHEN FOUND;
             INSERT INTO ledger_account_slots AS s (account_id, slot, escrow_account_id, normal_side, non_negative,
                                                    posted_debits, posted_credits, pending_debits, pending_credits)
             VALUES (r.id, v_slot, r.book, r.normal_side, r.non_negative, r.pd, r.pc, r.hd, r.hc)
@@ -293,42 +291,47 @@ BEGIN
     END LOOP;
 END $$;
 
--- Write entries of type posted or pending, given as a JSON array, in one statement each for entries and
--- postings; returns their ids in input order.
-CREATE FUNCTION ledger_post_entries(p_entries jsonb, p_tz text) RETURNS bigint[] LANGUAGE plpgsql AS $$
+-- Write entries of type posted or pending and their legs, given as parallel arrays (legs name their entry by
+-- its 1-based position), with one statement each for entries and postings; returns the ids in input order.
+CREATE FUNCTION ledger_post_entries(
+    p_books text[], p_kinds text[], p_types text[], p_refs jsonb[], p_principals text[], p_idempotency_refs text[],
+    p_expires_at timestamptz[], p_leg_entries int[], p_leg_books text[], p_leg_codes text[], p_leg_sides text[],
+    p_leg_amounts bigint[], p_tz text)
+RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
     v_ids bigint[];
-    v_missing record;
+    v_accounts bigint[];
+    v_kinds text[];
+    v_missing int;
 BEGIN
-    SELECT array_agg(nextval('ledger_entries_id_seq') ORDER BY n) INTO v_ids
-      FROM generate_series(1, jsonb_array_length(p_entries)) AS n;
-
-    INSERT INTO ledger_entries (id, escrow_account_id, kind, type, expires_at, refs, principal, idempotency_ref,
-                                business_date)
-    SELECT v_ids[e.n], e.v->>'book', e.v->>'kind', e.v->>'type', (e.v->>'expires_at')::timestamptz,
-           coalesce(e.v->'refs', '{}'::jsonb), e.v->>'principal', e.v->>'idempotency_ref',
-           (now() AT TIME ZONE p_tz)::date
-      FROM jsonb_array_elements(p_entries) WITH ORDINALITY AS e(v, n);
-
-    SELECT l.v->>'book' AS book, l.v->>'code' AS code INTO v_missing
-      FROM jsonb_array_elements(p_entries) AS e(v), jsonb_array_elements(e.v->'legs') AS l(v)
-     WHERE NOT EXISTS (SELECT 1 FROM ledger_accounts a
-                        WHERE a.escrow_account_id = l.v->>'book' AND a.code = l.v->>'code')
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'no ledger account %/%', v_missing.book, v_missing.code USING ERRCODE = 'EL001',
-            DETAIL = json_build_object('escrow_account_id', v_missing.book, 'code', v_missing.code)::text;
+    SELECT array_agg(a.id ORDER BY u.k) INTO v_accounts
+      FROM unnest(p_leg_books, p_leg_codes) WITH ORDINALITY AS u(book, code, k)
+      LEFT JOIN ledger_accounts a ON a.escrow_account_id = u.book AND a.code = u.code;
+    v_missing := array_position(v_accounts, NULL);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no ledger account %/%', p_leg_books[v_missing], p_leg_codes[v_missing]
+            USING ERRCODE = 'EL001',
+                  DETAIL = json_build_object('escrow_account_id', p_leg_books[v_missing],
+                                             'code', p_leg_codes[v_missing])::text;
     END IF;
 
-    INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
-    SELECT v_ids[e.n], a.escrow_account_id, a.id, l.v->>'side',
-           CASE e.v->>'type' WHEN 'pending' THEN 'pending' ELSE 'posted' END, (l.v->>'amount')::bigint
-      FROM jsonb_array_elements(p_entries) WITH ORDINALITY AS e(v, n)
-     CROSS JOIN LATERAL jsonb_array_elements(e.v->'legs') WITH ORDINALITY AS l(v, k)
-      JOIN ledger_accounts a ON a.escrow_account_id = l.v->>'book' AND a.code = l.v->>'code'
-     ORDER BY e.n, l.k;
+    SELECT array_agg(nextval('ledger_entries_id_seq')) INTO v_ids FROM generate_series(1, cardinality(p_books));
+    INSERT INTO ledger_entries (id, escrow_account_id, kind, type, expires_at, refs, principal, idempotency_ref,
+                                business_date)
+    SELECT v_ids[u.n], u.book, u.kind, u.type, u.expires_at, coalesce(u.refs, '{}'), u.principal, u.idem,
+           (now() AT TIME ZONE p_tz)::date
+      FROM unnest(p_books, p_kinds, p_types, p_expires_at, p_refs, p_principals, p_idempotency_refs)
+           WITH ORDINALITY AS u(book, kind, type, expires_at, refs, principal, idem, n);
 
-    PERFORM ledger_apply(v_ids);
+    SELECT array_agg(CASE p_types[e] WHEN 'pending' THEN 'pending' ELSE 'posted' END ORDER BY k) INTO v_kinds
+      FROM unnest(p_leg_entries) WITH ORDINALITY AS u(e, k);
+    INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
+    SELECT v_ids[u.e], u.book, u.account_id, u.side, u.kind, u.amount
+      FROM unnest(p_leg_entries, p_leg_books, v_accounts, p_leg_sides, v_kinds, p_leg_amounts)
+           WITH ORDINALITY AS u(e, book, account_id, side, kind, amount, k)
+     ORDER BY u.k;
+
+    PERFORM ledger_apply(v_accounts, p_leg_sides, v_kinds, p_leg_amounts);
     RETURN v_ids;
 END $$;
 
@@ -339,9 +342,12 @@ RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_pending ledger_entries%ROWTYPE;
     v_done record;
-    v_held bigint;
-    v_legs int;
+    v_legs record;
     v_id bigint := nextval('ledger_entries_id_seq');
+    v_accounts bigint[];
+    v_sides text[];
+    v_kinds text[];
+    v_amounts bigint[];
 BEGIN
     SELECT * INTO v_pending FROM ledger_entries WHERE id = p_pending_id FOR UPDATE;
     IF NOT FOUND OR v_pending.type <> 'pending' THEN
@@ -360,16 +366,20 @@ BEGIN
     IF p_action = 'expire' AND (v_pending.expires_at IS NULL OR v_pending.expires_at > now()) THEN
         RAISE EXCEPTION 'pending ledger entry % has not expired', p_pending_id USING ERRCODE = 'EL006';
     END IF;
-    SELECT sum(amount) FILTER (WHERE side = 'D'), count(*) INTO v_held, v_legs
-      FROM ledger_postings WHERE entry_id = p_pending_id;
-    IF p_action = 'post' AND p_amount IS NOT NULL AND p_amount <> v_held THEN
-        IF p_amount > v_held OR p_amount <= 0 THEN
-            RAISE EXCEPTION 'cannot post % fen of pending ledger entry % holding % fen', p_amount, p_pending_id, v_held
-                USING ERRCODE = 'EL005', DETAIL = json_build_object('held', v_held)::text;
+
+    SELECT array_agg(account_id ORDER BY id) AS accounts, array_agg(side ORDER BY id) AS sides,
+           array_agg(amount ORDER BY id) AS amounts,
+           sum(amount) FILTER (WHERE side = 'D') AS held, count(*)::int AS n
+      INTO v_legs FROM ledger_postings WHERE entry_id = p_pending_id;
+    IF p_action = 'post' AND p_amount IS NOT NULL AND p_amount <> v_legs.held THEN
+        IF p_amount > v_legs.held OR p_amount <= 0 THEN
+            RAISE EXCEPTION 'cannot post % fen of pending ledger entry % holding % fen', p_amount, p_pending_id,
+                    v_legs.held
+                USING ERRCODE = 'EL005', DETAIL = json_build_object('held', v_legs.held)::text;
         END IF;
-        IF v_legs <> 2 THEN
+        IF v_legs.n <> 2 THEN
             RAISE EXCEPTION 'pending ledger entry % has % legs: only a single debit/credit pair can be posted in part',
-                p_pending_id, v_legs USING ERRCODE = 'EL007';
+                p_pending_id, v_legs.n USING ERRCODE = 'EL007';
         END IF;
     END IF;
 
@@ -378,24 +388,34 @@ BEGIN
     VALUES (v_id, v_pending.escrow_account_id, v_pending.kind, p_action || '_pending', p_pending_id,
             coalesce(p_refs, '{}'::jsonb), p_principal, p_idempotency_ref, (now() AT TIME ZONE p_tz)::date);
 
-    INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
-    SELECT v_id, escrow_account_id, account_id, side, 'release', amount
-      FROM ledger_postings WHERE entry_id = p_pending_id ORDER BY id;
+    -- every held leg is released; a post then books each leg (or the partial amount of the single pair)
+    v_accounts := v_legs.accounts;
+    v_sides := v_legs.sides;
+    v_amounts := v_legs.amounts;
+    v_kinds := array_fill('release'::text, ARRAY[v_legs.n]);
     IF p_action = 'post' THEN
-        INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
-        SELECT v_id, escrow_account_id, account_id, side, 'posted', coalesce(p_amount, amount)
-          FROM ledger_postings WHERE entry_id = p_pending_id ORDER BY id;
+        v_accounts := v_accounts || v_legs.accounts;
+        v_sides := v_sides || v_legs.sides;
+        v_amounts := v_amounts || CASE WHEN p_amount IS NULL THEN v_legs.amounts
+                                       ELSE array_fill(p_amount, ARRAY[v_legs.n]) END;
+        v_kinds := v_kinds || array_fill('posted'::text, ARRAY[v_legs.n]);
     END IF;
+    INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
+    SELECT v_id, a.escrow_account_id, u.account_id, u.side, u.kind, u.amount
+      FROM unnest(v_accounts, v_sides, v_kinds, v_amounts) WITH ORDINALITY AS u(account_id, side, kind, amount, k)
+      JOIN ledger_accounts a ON a.id = u.account_id
+     ORDER BY u.k;
 
-    PERFORM ledger_apply(ARRAY[v_id]);
+    PERFORM ledger_apply(v_accounts, v_sides, v_kinds, v_amounts);
     RETURN v_id;
 END $$;
 """
 
 DOWNGRADE = """
 DROP FUNCTION ledger_resolve_pending(bigint, text, bigint, text, jsonb, text, text);
-DROP FUNCTION ledger_post_entries(jsonb, text);
-DROP FUNCTION ledger_apply(bigint[]);
+DROP FUNCTION ledger_post_entries(text[], text[], text[], jsonb[], text[], text[], timestamptz[], int[], text[], text[],
+                                 text[], bigint[], text);
+DROP FUNCTION ledger_apply(bigint[], text[], text[], bigint[]);
 DROP TABLE ledger_seals;
 DROP TABLE ledger_postings;
 DROP TABLE ledger_entries;
@@ -403,8 +423,7 @@ DROP TABLE ledger_account_slots;
 DROP TABLE ledger_accounts;
 DROP TABLE ledger_books;
 DROP FUNCTION ledger_check_balanced();
-DROP FUNCTION ledger_check_posting();
-DROP FUNCTION ledger_stamp_entry();
+DROP FUNCTION ledger_stamp_xid();
 DROP FUNCTION ledger_check_non_negative();
 DROP FUNCTION ledger_refuse_slot_decrease();
 DROP FUNCTION ledger_accounts_fixed();

@@ -1,0 +1,31 @@
+"""Route guards by role; object-level checks (404 for others' objects) live in the services."""
+
+from collections.abc import Callable
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Scope
+
+from escrow.auth.tokens import Forbidden, Principal, Unauthenticated
+
+PRINCIPAL_KEY = "principal"
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    """The authenticated caller of a request (set by the unit-of-work middleware), if any."""
+    return scope["state"].get(PRINCIPAL_KEY)
+
+
+def requires(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
+    """A guard admitting only principals of the given roles (401 without credentials, 403 for other roles)."""
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        principal = principal_of(connection.scope)
+        if principal is None:
+            raise Unauthenticated("This endpoint needs 'Authorization: Bearer <token>'.")
+        if principal.role not in roles:
+            raise Forbidden(f"Only {', '.join(roles)} may call this endpoint.")
+
+    guard.__name__ = f"requires_{'_'.join(roles)}"
+    guard.roles = roles  # type: ignore[attr-defined]  # read by the table of routes and roles
+    return guard

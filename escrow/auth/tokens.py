@@ -1,0 +1,77 @@
+"""Bearer tokens: ≥256 random bits behind a readable role prefix, stored only as SHA-256, revocable at once."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow.errors import EscrowError
+from escrow.kit.ids import new_id
+from escrow.models import ApiToken
+
+ROLE_PREFIX = {"regulator": "reg", "bank": "bank", "merchant": "mer", "consumer": "con"}
+
+
+class Unauthenticated(EscrowError):
+    code = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class InvalidToken(Unauthenticated):
+    code = "invalid_token"
+    title = "Invalid or revoked token"
+
+
+class Forbidden(EscrowError):
+    code = "forbidden"
+    status = 403
+    title = "Not allowed for this role"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str
+    role: str
+    token_id: str
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def issue_token(
+    session: AsyncSession, role: str, name: str, principal_id: str | None = None
+) -> tuple[ApiToken, str]:
+    """Create a token; the secret is returned once and never stored."""
+    if role not in ROLE_PREFIX:
+        raise ValueError(f"unknown role {role!r}")
+    secret = f"esk_{ROLE_PREFIX[role]}_{secrets.token_urlsafe(32)}"
+    token = ApiToken(
+        id=new_id("tok"),
+        role=role,
+        principal_id=principal_id or new_id(ROLE_PREFIX[role]),
+        name=name,
+        token_hash=hash_secret(secret),
+        hint=f"{secret[:8]}…{secret[-4:]}",
+    )
+    session.add(token)
+    await session.flush()
+    return token, secret
+
+
+async def authenticate(session: AsyncSession, authorization: str | None) -> Principal | None:
+    """The principal behind an ``Authorization: Bearer`` header; None without one, 401 for a bad one."""
+    if not authorization:
+        return None
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise InvalidToken("Authorization must be 'Bearer <token>'.")
+    token = await session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == hash_secret(secret.strip()), ApiToken.revoked_at.is_(None))
+    )
+    if token is None:
+        raise InvalidToken("The token is unknown or revoked.")
+    return Principal(id=token.principal_id, role=token.role, token_id=token.id)

@@ -1,0 +1,1 @@
+"""Code with no domain knowledge: identifiers, secrets, signing."""

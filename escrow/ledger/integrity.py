@@ -1,0 +1,311 @@
+"""Tamper evidence and self-checks: seal the journal into per-escrow-account hash chains, and verify everything.
+
+Sealing never makes writers wait. A seal covers the entries of one escrow account whose transactions all
+ended before the sealing snapshot's horizon (``pg_snapshot_xmin``): entries are stamped with their
+transaction id, and a transaction id below the horizon can no longer gain rows, so the set a seal hashes is
+final. Each seal stores the SHA-256 of its entries (canonical JSON of each entry and its postings, in id order)
+and chains it to the account's previous seal. ``verify`` recomputes every seal and link, and checks the
+invariants of domain.md §8 that the ledger alone can check; any edited, moved or deleted journal row breaks
+the first seal that covered it.
+"""
+
+import asyncio
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+log = structlog.get_logger("escrow.ledger")
+GENESIS = bytes(32)
+_SEAL_LOCK = 0x6C6564676572  # advisory lock key: one sealer at a time
+
+# One line per entry, unambiguous: JSON of its fields and its postings in id order.
+_CANONICAL_ENTRIES = text(
+    "SELECT json_build_array(e.id, e.escrow_account_id, e.kind, e.type, e.pending_id,"
+    " (extract(epoch FROM e.expires_at) * 1000000)::bigint, e.refs, e.principal, e.idempotency_ref,"
+    " (extract(epoch FROM e.occurred_at) * 1000000)::bigint, e.business_date, e.xid::text,"
+    " (SELECT json_agg(json_build_array(p.id, p.account_id, p.escrow_account_id, p.side, p.kind, p.amount)"
+    "   ORDER BY p.id) FROM ledger_postings p WHERE p.entry_id = e.id))::text"
+    " FROM ledger_entries e"
+    " WHERE e.escrow_account_id = :book"
+    " AND e.xid >= CAST(CAST(:lo AS text) AS xid8) AND e.xid < CAST(CAST(:hi AS text) AS xid8)"
+    " ORDER BY e.id"
+)
+
+
+async def _digest(session: AsyncSession, book: str, lo: str, hi: str) -> tuple[int, bytes]:
+    digest = hashlib.sha256()
+    count = 0
+    result = await session.stream(_CANONICAL_ENTRIES, {"book": book, "lo": lo, "hi": hi})
+    async for (line,) in result:
+        digest.update(line.encode())
+        digest.update(b"\n")
+        count += 1
+    return count, digest.digest()
+
+
+def chain_hash(prev_hash: bytes, book: str, seq: int, xid_from: str, xid_to: str, count: int, digest: bytes) -> bytes:
+    header = f"{book}|{seq}|{xid_from}|{xid_to}|{count}|".encode()
+    return hashlib.sha256(prev_hash + header + digest).digest()
+
+
+@dataclass
+class SealResult:
+    horizon: str
+    seals: int = 0
+    entries: int = 0
+
+
+async def seal(session: AsyncSession) -> SealResult:
+    """Seal every escrow account's entries that are final; idempotent, safe to run at any time."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEAL_LOCK})
+    horizon = await session.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+    result = SealResult(horizon=horizon)
+    heads = await session.execute(
+        text(
+            "SELECT b.escrow_account_id, s.seq, s.xid_to::text, s.hash FROM ledger_books b"
+            " LEFT JOIN LATERAL (SELECT seq, xid_to, hash FROM ledger_seals"
+            "   WHERE escrow_account_id = b.escrow_account_id ORDER BY seq DESC LIMIT 1) s ON true"
+            " WHERE EXISTS (SELECT 1 FROM ledger_entries e WHERE e.escrow_account_id = b.escrow_account_id"
+            "   AND e.xid >= coalesce(s.xid_to, '0'::xid8) AND e.xid < CAST(CAST(:hi AS text) AS xid8))"
+            " ORDER BY b.escrow_account_id"
+        ),
+        {"hi": horizon},
+    )
+    for book, last_seq, last_to, last_hash in heads.all():
+        lo, seq, prev = last_to or "0", (last_seq or 0) + 1, last_hash or GENESIS
+        count, digest = await _digest(session, book, lo, horizon)
+        if not count:
+            continue
+        await session.execute(
+            text(
+                "INSERT INTO ledger_seals"
+                " (escrow_account_id, seq, xid_from, xid_to, entry_count, digest, prev_hash, hash)"
+                " VALUES (:book, :seq, CAST(CAST(:lo AS text) AS xid8), CAST(CAST(:hi AS text) AS xid8),"
+                " :count, :digest, :prev, :hash)"
+            ),
+            {
+                "book": book,
+                "seq": seq,
+                "lo": lo,
+                "hi": horizon,
+                "count": count,
+                "digest": digest,
+                "prev": prev,
+                "hash": chain_hash(prev, book, seq, lo, horizon, count, digest),
+            },
+        )
+        result.seals += 1
+        result.entries += count
+    return result
+
+
+async def seal_periodically(sessionmaker: async_sessionmaker, interval_seconds: float) -> None:
+    """Background task of the service process: seal, commit, sleep; errors are logged and retried."""
+    if interval_seconds <= 0:
+        return
+    while True:
+        try:
+            async with sessionmaker() as session:
+                result = await seal(session)
+                await session.commit()
+            if result.seals:
+                log.info("ledger_sealed", seals=result.seals, entries=result.entries)
+        except Exception:
+            log.exception("ledger_seal_failed")
+        await asyncio.sleep(interval_seconds)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool = True
+    checked: int = 0
+    first_failure: dict[str, Any] | None = None
+
+    def fail(self, **where: Any) -> None:
+        if self.ok:
+            self.ok = False
+            self.first_failure = where
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    checked_at: str
+    sealed_entries: int
+    unsealed_entries: int
+    chain_heads: dict[str, str]
+    checks: list[Check] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _verify_chain(session: AsyncSession, check: Check, heads: dict[str, str]) -> int:
+    sealed = 0
+    rows = await session.execute(
+        text(
+            "SELECT escrow_account_id, seq, xid_from::text, xid_to::text, entry_count, digest, prev_hash, hash"
+            " FROM ledger_seals ORDER BY escrow_account_id, seq"
+        )
+    )
+    book_state: dict[str, tuple[int, str, bytes]] = {}
+    for book, seq, lo, hi, count, digest, prev_hash, stored_hash in rows.all():
+        check.checked += 1
+        last_seq, last_to, last_hash = book_state.get(book, (0, "0", GENESIS))
+        actual_count, actual_digest = await _digest(session, book, lo, hi)
+        if seq != last_seq + 1 or lo != last_to:
+            check.fail(escrow_account_id=book, seq=seq, reason="seal missing before this one (gap in the chain)")
+        elif bytes(prev_hash) != last_hash:
+            check.fail(escrow_account_id=book, seq=seq, reason="link to the previous seal is broken")
+        elif (actual_count, actual_digest) != (count, bytes(digest)):
+            check.fail(
+                escrow_account_id=book,
+                seq=seq,
+                reason="sealed entries were changed, moved or deleted",
+                sealed_count=count,
+                found_count=actual_count,
+            )
+        elif chain_hash(last_hash, book, seq, lo, hi, count, bytes(digest)) != bytes(stored_hash):
+            check.fail(escrow_account_id=book, seq=seq, reason="seal hash does not match its contents")
+        book_state[book] = (seq, hi, bytes(stored_hash))
+        heads[book] = bytes(stored_hash).hex()
+        sealed += count
+    # Entries below a book's sealed horizon must all lie inside its seals.
+    watermark = await session.scalar(text("SELECT max(xid_to)::text FROM ledger_seals"))
+    if watermark:
+        stray = await session.execute(
+            text(
+                "SELECT e.escrow_account_id, e.id FROM ledger_entries e"
+                " LEFT JOIN LATERAL (SELECT max(xid_to) AS xid_to FROM ledger_seals s"
+                "   WHERE s.escrow_account_id = e.escrow_account_id) s ON true"
+                " WHERE e.xid < CAST(CAST(:w AS text) AS xid8) AND e.xid >= coalesce(s.xid_to, '0'::xid8)"
+                " ORDER BY e.id LIMIT 1"
+            ),
+            {"w": watermark},
+        )
+        row = stray.first()
+        if row is not None:
+            check.fail(escrow_account_id=row[0], entry_id=row[1], reason="entry inserted behind a sealed horizon")
+    return sealed
+
+
+async def _first(session: AsyncSession, check: Check, count_sql: str, failure_sql: str, *keys: str) -> None:
+    check.checked = await session.scalar(text(count_sql)) or 0
+    row = (await session.execute(text(failure_sql))).first()
+    if row is not None:
+        check.fail(**dict(zip(keys, row, strict=True)))
+
+
+async def verify_database(engine: AsyncEngine) -> VerifyReport:
+    """``verify`` on a read-only repeatable-read snapshot of its own, so every check sees the same ledger."""
+    async with engine.connect() as connection:
+        connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+        await connection.execute(text("SET TRANSACTION READ ONLY"))
+        async with AsyncSession(bind=connection) as session:
+            return await verify(session)
+
+
+async def verify(session: AsyncSession) -> VerifyReport:
+    """Recompute the hash chains and the ledger invariants and report the first failure of each."""
+    heads: dict[str, str] = {}
+    chain = Check("hash_chain")
+    sealed = await _verify_chain(session, chain, heads)
+    total = await session.scalar(text("SELECT count(*) FROM ledger_entries")) or 0
+
+    balanced = Check("entries_balance")
+    await _first(
+        session,
+        balanced,
+        "SELECT count(*) FROM ledger_entries",
+        "SELECT e.id FROM ledger_entries e LEFT JOIN ledger_postings p ON p.entry_id = e.id"
+        " GROUP BY e.id HAVING count(p.id) < 2"
+        " OR sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted')"
+        "    IS DISTINCT FROM sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted')"
+        " OR sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'pending')"
+        "    IS DISTINCT FROM sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'pending')"
+        " OR sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'release')"
+        "    IS DISTINCT FROM sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'release')"
+        " ORDER BY e.id LIMIT 1",
+        "entry_id",
+    )
+
+    totals = Check("account_totals_match_journal")
+    await _first(
+        session,
+        totals,
+        "SELECT count(*) FROM ledger_accounts",
+        f"SELECT t.escrow_account_id, t.code FROM ({_TOTALS}) t"
+        " WHERE (t.pd, t.pc, t.hd, t.hc) IS DISTINCT FROM (t.jpd, t.jpc, t.jhd, t.jhc) ORDER BY t.id LIMIT 1",
+        "escrow_account_id",
+        "code",
+    )
+
+    non_negative = Check("constrained_accounts_not_below_zero")
+    await _first(
+        session,
+        non_negative,
+        "SELECT count(*) FROM ledger_accounts WHERE non_negative",
+        f"SELECT t.escrow_account_id, t.code, t.available FROM ({_TOTALS}) t"
+        " WHERE t.non_negative AND t.available < 0 ORDER BY t.id LIMIT 1",
+        "escrow_account_id",
+        "code",
+        "available",
+    )
+
+    custody = Check("custody_covers_liabilities")
+    await _first(
+        session,
+        custody,
+        "SELECT count(*) FROM ledger_accounts WHERE code = 'custody_cash'",
+        f"SELECT t.escrow_account_id, sum(t.posted) FILTER (WHERE t.code = 'custody_cash'),"
+        f" coalesce(sum(t.posted) FILTER (WHERE t.code <> 'custody_cash'), 0) FROM ({_TOTALS}) t"
+        f" WHERE t.code = 'custody_cash' OR t.code IN ('merchant_payable', 'refund_payable') OR t.code LIKE 'card:%'"
+        f" GROUP BY t.escrow_account_id"
+        f" HAVING sum(t.posted) FILTER (WHERE t.code = 'custody_cash')"
+        f"   <> coalesce(sum(t.posted) FILTER (WHERE t.code <> 'custody_cash'), 0)"
+        f" ORDER BY 1 LIMIT 1",
+        "escrow_account_id",
+        "custody_cash",
+        "liabilities",
+    )
+
+    checks = [chain, balanced, totals, non_negative, custody]
+    return VerifyReport(
+        ok=all(c.ok for c in checks),
+        checked_at=datetime.now(UTC).isoformat(),
+        sealed_entries=sealed,
+        unsealed_entries=total - sealed,
+        chain_heads=heads,
+        checks=checks,
+    )
+
+
+# Per account: stored totals (row + slots) next to totals recomputed from the journal, and derived balances.
+_TOTALS = """
+SELECT a.id, a.escrow_account_id, a.code, a.non_negative,
+       a.posted_debits + coalesce(s.pd, 0) AS pd, a.posted_credits + coalesce(s.pc, 0) AS pc,
+       a.pending_debits + coalesce(s.hd, 0) AS hd, a.pending_credits + coalesce(s.hc, 0) AS hc,
+       coalesce(j.pd, 0) AS jpd, coalesce(j.pc, 0) AS jpc, coalesce(j.hd, 0) AS jhd, coalesce(j.hc, 0) AS jhc,
+       CASE a.normal_side WHEN 'C' THEN coalesce(j.pc, 0) - coalesce(j.pd, 0)
+            ELSE coalesce(j.pd, 0) - coalesce(j.pc, 0) END AS posted,
+       CASE a.normal_side WHEN 'C' THEN coalesce(j.pc, 0) - coalesce(j.pd, 0) - coalesce(j.hd, 0)
+            ELSE coalesce(j.pd, 0) - coalesce(j.pc, 0) - coalesce(j.hc, 0) END AS available
+  FROM ledger_accounts a
+  LEFT JOIN (SELECT account_id, sum(posted_debits) AS pd, sum(posted_credits) AS pc,
+                    sum(pending_debits) AS hd, sum(pending_credits) AS hc
+               FROM ledger_account_slots GROUP BY account_id) s ON s.account_id = a.id
+  LEFT JOIN (SELECT account_id,
+                    sum(amount) FILTER (WHERE side = 'D' AND kind = 'posted') AS pd,
+                    sum(amount) FILTER (WHERE side = 'C' AND kind = 'posted') AS pc,
+                    sum(CASE kind WHEN 'pending' THEN amount ELSE -amount END)
+                        FILTER (WHERE side = 'D' AND kind <> 'posted') AS hd,
+                    sum(CASE kind WHEN 'pending' THEN amount ELSE -amount END)
+                        FILTER (WHERE side = 'C' AND kind <> 'posted') AS hc
+               FROM ledger_postings GROUP BY account_id) j ON j.account_id = a.id
+"""
