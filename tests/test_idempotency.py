@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from escrow import idempotency
 from escrow.app import create_app
+from escrow.auth.tokens import issue_token
 from escrow.config import Settings
 from escrow.errors import Conflict
 from escrow.unit_of_work import DbSession
@@ -76,8 +77,12 @@ class TestIdempotency:
         assert response.json()["code"] == "idempotency_key_reused"
         assert await count_deposits(engine) == 1
 
-    async def test_keys_are_scoped_to_the_caller(self, client: AsyncClient, engine: AsyncEngine) -> None:
-        for token in ("alice", "bob"):
+    async def test_keys_are_scoped_to_the_caller(
+        self, client: AsyncClient, engine: AsyncEngine, session: AsyncSession
+    ) -> None:
+        tokens = [(await issue_token(session, "merchant", name))[1] for name in ("alice", "bob")]
+        await session.commit()
+        for token in tokens:
             response = await client.post(
                 "/t/deposits",
                 json={"amount": 5},

@@ -166,8 +166,10 @@ CREATE TRIGGER ledger_accounts_identity BEFORE UPDATE ON ledger_accounts
     EXECUTE FUNCTION ledger_accounts_fixed();
 
 -- Constrained accounts never go below zero. A movement that lowers the available balance must update the
--- account row (taking its lock, so such movements queue); this trigger then adds the slots and checks.
-CREATE FUNCTION ledger_check_non_negative() RETURNS trigger LANGUAGE plpgsql AS $$
+-- account row, whose lock makes such movements queue; this trigger (run with the row already locked) adds the
+-- slots to the new totals and refuses the update if the account would go below zero.
+CREATE FUNCTION ledger_check_non_negative() RETURNS trigger LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_available bigint;
 BEGIN
@@ -180,9 +182,9 @@ BEGIN
                   DETAIL = json_build_object('account_id', NEW.id, 'escrow_account_id', NEW.escrow_account_id,
                                              'code', NEW.code, 'available', v_available)::text;
     END IF;
-    RETURN NULL;
+    RETURN NEW;
 END $$;
-CREATE TRIGGER ledger_accounts_non_negative AFTER UPDATE ON ledger_accounts
+CREATE TRIGGER ledger_accounts_non_negative BEFORE UPDATE ON ledger_accounts
     FOR EACH ROW WHEN (NEW.non_negative AND (@new_available@) < (@old_available@))
     EXECUTE FUNCTION ledger_check_non_negative();
 
@@ -209,7 +211,9 @@ CREATE TRIGGER ledger_postings_stamp BEFORE INSERT ON ledger_postings
     FOR EACH ROW EXECUTE FUNCTION ledger_stamp_xid();
 
 -- Every entry balances: for each kind of posting, debits equal credits (checked at commit).
-CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql
+-- generic plans: re-planning these statements on every call would cost more than running them
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_count int;
     v_unbalanced text;
@@ -233,62 +237,81 @@ END $$;
 CREATE CONSTRAINT TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ledger_check_balanced();
 
--- Apply legs (account, side, kind, amount) to the account totals, refusing frozen accounts. Accounts are
--- visited in id order, so row locks are always taken in the same order (no deadlocks between movements).
+-- Apply legs (account, side, kind, amount) to the account totals, set-based whatever their number: refuse
+-- frozen accounts; lock the accounts whose available balance goes down, in id order (so movements never wait
+-- on each other in a cycle), and update their rows (where the non-negative trigger checks them); add every
+-- other account's change to the caller's slot row.
 CREATE FUNCTION ledger_apply(p_account_ids bigint[], p_sides text[], p_kinds text[], p_amounts bigint[])
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    r record;
     v_slot smallint := 1 + (pg_backend_pid() % 16);
-    v_delta bigint;
+    d record;
 BEGIN
-    FOR r IN
-        SELECT a.id, a.escrow_account_id AS book, a.code, a.normal_side, a.non_negative,
-               a.frozen AS account_frozen, b.frozen AS book_frozen, d.pd, d.pc, d.hd, d.hc, d.new_debits
-          FROM (SELECT u.account_id,
-                       coalesce(sum(u.amount) FILTER (WHERE u.side = 'D' AND u.kind = 'posted'), 0) AS pd,
-                       coalesce(sum(u.amount) FILTER (WHERE u.side = 'C' AND u.kind = 'posted'), 0) AS pc,
-                       coalesce(sum(CASE u.kind WHEN 'pending' THEN u.amount ELSE -u.amount END)
-                                FILTER (WHERE u.side = 'D' AND u.kind <> 'posted'), 0) AS hd,
-                       coalesce(sum(CASE u.kind WHEN 'pending' THEN u.amount ELSE -u.amount END)
-                                FILTER (WHERE u.side = 'C' AND u.kind <> 'posted'), 0) AS hc,
-                       bool_or(u.side = 'D' AND u.kind <> 'release') AS new_debits
-                  FROM unnest(p_account_ids, p_sides, p_kinds, p_amounts) AS u(account_id, side, kind, amount)
-                 GROUP BY u.account_id) d
-          JOIN ledger_accounts a ON a.id = d.account_id
-          JOIN ledger_books b ON b.escrow_account_id = a.escrow_account_id
-         ORDER BY a.id
-    LOOP
-        IF 'all' IN (r.account_frozen, r.book_frozen)
-           OR (r.new_debits AND 'debits' IN (r.account_frozen, r.book_frozen)) THEN
-            RAISE EXCEPTION 'ledger account %/% is frozen (%)', r.book, r.code,
-                    CASE WHEN r.account_frozen <> 'none' THEN 'account: ' || r.account_frozen
-                         ELSE 'escrow account: ' || r.book_frozen END
-                USING ERRCODE = 'EL002',
-                      DETAIL = json_build_object('escrow_account_id', r.book, 'code', r.code)::text;
+    SELECT array_agg(t.id ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_ids,
+           array_agg(t.pd ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_pd,
+           array_agg(t.pc ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_pc,
+           array_agg(t.hd ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_hd,
+           array_agg(t.hc ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_hc,
+           array_agg(t.id ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_ids,
+           array_agg(t.pd ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_pd,
+           array_agg(t.pc ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_pc,
+           array_agg(t.hd ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_hd,
+           array_agg(t.hc ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_hc,
+           array_agg(t.book ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_books,
+           array_agg(t.normal_side ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_sides,
+           array_agg(t.non_negative ORDER BY t.id) FILTER (WHERE NOT t.lowers) AS raise_nn,
+           (array_agg(t.book || '/' || t.code || ' (' || t.why || ')' ORDER BY t.id) FILTER (WHERE t.why IS NOT NULL))[1]
+               AS frozen
+      INTO d
+      FROM (SELECT g.*, a.escrow_account_id AS book, a.code, a.normal_side, a.non_negative,
+                   a.non_negative AND CASE a.normal_side WHEN 'C' THEN g.pc - g.pd - g.hd
+                                                         ELSE g.pd - g.pc - g.hc END < 0 AS lowers,
+                   CASE WHEN a.frozen = 'all' OR (g.new_debits AND a.frozen = 'debits') THEN 'account: ' || a.frozen
+                        WHEN b.frozen = 'all' OR (g.new_debits AND b.frozen = 'debits') THEN 'escrow account: ' || b.frozen
+                   END AS why
+              FROM (SELECT u.account_id AS id,
+                           coalesce(sum(u.amount) FILTER (WHERE u.side = 'D' AND u.kind = 'posted'), 0) AS pd,
+                           coalesce(sum(u.amount) FILTER (WHERE u.side = 'C' AND u.kind = 'posted'), 0) AS pc,
+                           coalesce(sum(CASE u.kind WHEN 'pending' THEN u.amount ELSE -u.amount END)
+                                    FILTER (WHERE u.side = 'D' AND u.kind <> 'posted'), 0) AS hd,
+                           coalesce(sum(CASE u.kind WHEN 'pending' THEN u.amount ELSE -u.amount END)
+                                    FILTER (WHERE u.side = 'C' AND u.kind <> 'posted'), 0) AS hc,
+                           bool_or(u.side = 'D' AND u.kind <> 'release') AS new_debits
+                      FROM unnest(p_account_ids, p_sides, p_kinds, p_amounts) AS u(account_id, side, kind, amount)
+                     GROUP BY u.account_id) g
+             -- LATERAL ... LIMIT 1: one index probe per account, never a scan of the whole table
+             CROSS JOIN LATERAL (SELECT * FROM ledger_accounts WHERE id = g.id LIMIT 1) a
+             CROSS JOIN LATERAL (SELECT frozen FROM ledger_books WHERE escrow_account_id = a.escrow_account_id LIMIT 1) b
+           ) t;
+
+    IF d.frozen IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger account % is frozen', d.frozen USING ERRCODE = 'EL002';
+    END IF;
+
+    IF d.lower_ids IS NOT NULL THEN
+        IF cardinality(d.lower_ids) > 1 THEN
+            PERFORM 1 FROM ledger_accounts WHERE id = ANY (d.lower_ids) ORDER BY id FOR NO KEY UPDATE;
         END IF;
-        v_delta := CASE r.normal_side WHEN 'C' THEN r.pc - r.pd - r.hd ELSE r.pd - r.pc - r.hc END;
-        IF r.non_negative AND v_delta < 0 THEN
-            UPDATE ledger_accounts
-               SET posted_debits = posted_debits + r.pd, posted_credits = posted_credits + r.pc,
-                   pending_debits = pending_debits + r.hd, pending_credits = pending_credits + r.hc
-             WHERE id = r.id;
-        ELSE
-            UPDATE ledger_account_slots
-               SET posted_debits = posted_debits + r.pd, posted_credits = posted_credits + r.pc,
-                   pending_debits = pending_debits + r.hd, pending_credits = pending_credits + r.hc
-             WHERE account_id = r.id AND slot = v_slot;
-            CONTINUE WHEN FOUND;
-            INSERT INTO ledger_account_slots AS s (account_id, slot, escrow_account_id, normal_side, non_negative,
-                                                   posted_debits, posted_credits, pending_debits, pending_credits)
-            VALUES (r.id, v_slot, r.book, r.normal_side, r.non_negative, r.pd, r.pc, r.hd, r.hc)
-            ON CONFLICT (account_id, slot) DO UPDATE
-               SET posted_debits = s.posted_debits + EXCLUDED.posted_debits,
-                   posted_credits = s.posted_credits + EXCLUDED.posted_credits,
-                   pending_debits = s.pending_debits + EXCLUDED.pending_debits,
-                   pending_credits = s.pending_credits + EXCLUDED.pending_credits;
-        END IF;
-    END LOOP;
+        UPDATE ledger_accounts a
+           SET posted_debits = a.posted_debits + u.pd, posted_credits = a.posted_credits + u.pc,
+               pending_debits = a.pending_debits + u.hd, pending_credits = a.pending_credits + u.hc
+          FROM unnest(d.lower_ids, d.lower_pd, d.lower_pc, d.lower_hd, d.lower_hc) AS u(id, pd, pc, hd, hc)
+         WHERE a.id = u.id;
+    END IF;
+
+    IF d.raise_ids IS NOT NULL THEN
+        INSERT INTO ledger_account_slots AS s (account_id, slot, escrow_account_id, normal_side, non_negative,
+                                               posted_debits, posted_credits, pending_debits, pending_credits)
+        SELECT u.id, v_slot, u.book, u.side, u.nn, u.pd, u.pc, u.hd, u.hc
+          FROM unnest(d.raise_ids, d.raise_books, d.raise_sides, d.raise_nn, d.raise_pd, d.raise_pc, d.raise_hd,
+                      d.raise_hc) AS u(id, book, side, nn, pd, pc, hd, hc)
+        ON CONFLICT (account_id, slot) DO UPDATE
+           SET posted_debits = s.posted_debits + EXCLUDED.posted_debits,
+               posted_credits = s.posted_credits + EXCLUDED.posted_credits,
+               pending_debits = s.pending_debits + EXCLUDED.pending_debits,
+               pending_credits = s.pending_credits + EXCLUDED.pending_credits;
+    END IF;
 END $$;
 
 -- Write entries of type posted or pending and their legs, given as parallel arrays (legs name their entry by
@@ -297,7 +320,9 @@ CREATE FUNCTION ledger_post_entries(
     p_books text[], p_kinds text[], p_types text[], p_refs jsonb[], p_principals text[], p_idempotency_refs text[],
     p_expires_at timestamptz[], p_leg_entries int[], p_leg_books text[], p_leg_codes text[], p_leg_sides text[],
     p_leg_amounts bigint[], p_tz text)
-RETURNS bigint[] LANGUAGE plpgsql AS $$
+RETURNS bigint[] LANGUAGE plpgsql
+-- generic plans: re-planning these statements on every call would cost more than running them
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_ids bigint[];
     v_accounts bigint[];
@@ -306,7 +331,8 @@ DECLARE
 BEGIN
     SELECT array_agg(a.id ORDER BY u.k) INTO v_accounts
       FROM unnest(p_leg_books, p_leg_codes) WITH ORDINALITY AS u(book, code, k)
-      LEFT JOIN ledger_accounts a ON a.escrow_account_id = u.book AND a.code = u.code;
+      LEFT JOIN LATERAL (SELECT id FROM ledger_accounts
+                          WHERE escrow_account_id = u.book AND code = u.code LIMIT 1) a ON true;
     v_missing := array_position(v_accounts, NULL);
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'no ledger account %/%', p_leg_books[v_missing], p_leg_codes[v_missing]
@@ -338,13 +364,16 @@ END $$;
 -- Post (all or part), void or expire a pending entry, exactly once.
 CREATE FUNCTION ledger_resolve_pending(p_pending_id bigint, p_action text, p_amount bigint, p_principal text,
                                        p_refs jsonb, p_idempotency_ref text, p_tz text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql
+-- generic plans: re-planning these statements on every call would cost more than running them
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_pending ledger_entries%ROWTYPE;
     v_done record;
     v_legs record;
     v_id bigint := nextval('ledger_entries_id_seq');
     v_accounts bigint[];
+    v_books text[];
     v_sides text[];
     v_kinds text[];
     v_amounts bigint[];
@@ -367,7 +396,8 @@ BEGIN
         RAISE EXCEPTION 'pending ledger entry % has not expired', p_pending_id USING ERRCODE = 'EL006';
     END IF;
 
-    SELECT array_agg(account_id ORDER BY id) AS accounts, array_agg(side ORDER BY id) AS sides,
+    SELECT array_agg(account_id ORDER BY id) AS accounts, array_agg(escrow_account_id ORDER BY id) AS books,
+           array_agg(side ORDER BY id) AS sides,
            array_agg(amount ORDER BY id) AS amounts,
            sum(amount) FILTER (WHERE side = 'D') AS held, count(*)::int AS n
       INTO v_legs FROM ledger_postings WHERE entry_id = p_pending_id;
@@ -390,20 +420,22 @@ BEGIN
 
     -- every held leg is released; a post then books each leg (or the partial amount of the single pair)
     v_accounts := v_legs.accounts;
+    v_books := v_legs.books;
     v_sides := v_legs.sides;
     v_amounts := v_legs.amounts;
     v_kinds := array_fill('release'::text, ARRAY[v_legs.n]);
     IF p_action = 'post' THEN
         v_accounts := v_accounts || v_legs.accounts;
+        v_books := v_books || v_legs.books;
         v_sides := v_sides || v_legs.sides;
         v_amounts := v_amounts || CASE WHEN p_amount IS NULL THEN v_legs.amounts
                                        ELSE array_fill(p_amount, ARRAY[v_legs.n]) END;
         v_kinds := v_kinds || array_fill('posted'::text, ARRAY[v_legs.n]);
     END IF;
     INSERT INTO ledger_postings (entry_id, escrow_account_id, account_id, side, kind, amount)
-    SELECT v_id, a.escrow_account_id, u.account_id, u.side, u.kind, u.amount
-      FROM unnest(v_accounts, v_sides, v_kinds, v_amounts) WITH ORDINALITY AS u(account_id, side, kind, amount, k)
-      JOIN ledger_accounts a ON a.id = u.account_id
+    SELECT v_id, u.book, u.account_id, u.side, u.kind, u.amount
+      FROM unnest(v_books, v_accounts, v_sides, v_kinds, v_amounts)
+           WITH ORDINALITY AS u(book, account_id, side, kind, amount, k)
      ORDER BY u.k;
 
     PERFORM ledger_apply(v_accounts, v_sides, v_kinds, v_amounts);
