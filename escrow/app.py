@@ -4,23 +4,62 @@ import asyncio
 from collections.abc import Sequence
 from contextlib import asynccontextmanager, suppress
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.types import ControllerRouterHandler
 
-from escrow.config import Settings, get_settings
+from escrow.audit import endpoints as audit_endpoints
+from escrow.auth import endpoints as auth_endpoints
+from escrow.auth.guards import current_principal
+from escrow.auth.limiter import FailureLimiter
+from escrow.banks import endpoints as bank_endpoints
+from escrow.config import Settings, get_settings, load_secret_key
+from escrow.consumers import endpoints as consumer_endpoints
 from escrow.db import create_engine, create_sessionmaker, resolve_database_url
 from escrow.errors import exception_handlers
+from escrow.escrow_accounts import endpoints as escrow_endpoints
 from escrow.health.endpoints import healthz, readyz
+from escrow.kit.crypto import Keyring
 from escrow.ledger.endpoints import verify_ledger
 from escrow.ledger.integrity import seal_periodically
 from escrow.logs import RequestLogMiddleware, configure_logging
+from escrow.merchants import endpoints as merchant_endpoints
 from escrow.migrate import head_revision
 from escrow.openapi import docs, openapi_config, openapi_json
 from escrow.unit_of_work import UnitOfWorkMiddleware, provide_db_session
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz, openapi_json, docs, verify_ledger]
+ROUTES: list[ControllerRouterHandler] = [
+    healthz,
+    readyz,
+    openapi_json,
+    docs,
+    auth_endpoints.me,
+    auth_endpoints.list_tokens,
+    auth_endpoints.create_regulator_token,
+    auth_endpoints.rotate_token,
+    auth_endpoints.revoke_token,
+    bank_endpoints.create_bank,
+    bank_endpoints.list_banks,
+    bank_endpoints.get_bank,
+    merchant_endpoints.create_merchant,
+    merchant_endpoints.list_merchants,
+    merchant_endpoints.get_merchant,
+    merchant_endpoints.change_merchant_status,
+    escrow_endpoints.apply_for_escrow_account,
+    escrow_endpoints.list_escrow_accounts,
+    escrow_endpoints.get_escrow_account,
+    escrow_endpoints.activate_escrow_account,
+    escrow_endpoints.reject_escrow_account,
+    escrow_endpoints.freeze_escrow_account,
+    escrow_endpoints.unfreeze_escrow_account,
+    consumer_endpoints.register_consumer,
+    consumer_endpoints.get_consumer,
+    consumer_endpoints.issue_sign_in_code,
+    consumer_endpoints.sign_in_consumer,
+    audit_endpoints.list_audit,
+    verify_ledger,
+]
 
 
 def create_app(settings: Settings | None = None, extra_routes: Sequence[ControllerRouterHandler] = ()) -> Litestar:
@@ -31,6 +70,7 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
     async def database(app: Litestar):  # type: ignore[no-untyped-def]
         url = resolve_database_url(settings)
         engine = create_engine(url, settings)
+        app.state.keyring = Keyring(load_secret_key(settings))
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
         sealer = asyncio.create_task(seal_periodically(app.state.sessionmaker, settings.seal_interval_seconds))
@@ -44,14 +84,35 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
 
     app = Litestar(
         route_handlers=[*ROUTES, *extra_routes],
-        dependencies={"db_session": Provide(provide_db_session)},
+        dependencies={
+            "db_session": Provide(provide_db_session),
+            "principal": Provide(current_principal, sync_to_thread=False),
+            "keyring": Provide(provide_keyring, sync_to_thread=False),
+            "settings": Provide(provide_settings, sync_to_thread=False),
+        },
         middleware=[UnitOfWorkMiddleware],
         exception_handlers=exception_handlers,
         lifespan=[database],
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,
-        state=State({"settings": settings, "head_revision": head_revision()}),
+        state=State(
+            {
+                "settings": settings,
+                "head_revision": head_revision(),
+                "limiter": FailureLimiter(
+                    settings.auth_failure_limit, settings.auth_failure_window_seconds, settings.auth_block_seconds
+                ),
+            }
+        ),
         debug=False,
     )
     app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
     return app
+
+
+def provide_keyring(request: Request) -> Keyring:
+    return request.app.state.keyring
+
+
+def provide_settings(request: Request) -> Settings:
+    return request.app.state.settings

@@ -112,6 +112,14 @@ def _run_with_engine(work, *, pool_size: int | None = None) -> object:
     return asyncio.run(main())
 
 
+def cmd_routes(_: argparse.Namespace) -> int:
+    from escrow.app import create_app
+    from escrow.auth.matrix import markdown
+
+    print(markdown(create_app()))
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from escrow.db import create_sessionmaker
     from escrow.ledger.integrity import seal, verify_database
@@ -212,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.add_argument("--output", type=Path, default=DEFAULT_OPENAPI, help="where to write it")
     openapi.add_argument("--check", action="store_true", help="only check that the file is up to date")
     openapi.set_defaults(func=cmd_openapi)
+
+    routes = commands.add_parser("routes", help="print the table of routes and roles (Markdown, as in README)")
+    routes.set_defaults(func=cmd_routes)
 
     verify = commands.add_parser("verify", help="seal new journal entries, then verify hash chains and invariants")
     verify.add_argument("--no-seal", action="store_true", help="verify only; do not seal new entries first")

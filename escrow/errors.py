@@ -72,7 +72,10 @@ def _field_of(key: str | None, source: str | None) -> str:
 
 
 def _escrow_error(_: Request, exc: EscrowError) -> Response[dict[str, Any]]:
-    return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, **exc.extra)
+    response = problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, **exc.extra)
+    if "retry_after" in exc.extra:
+        response.headers["Retry-After"] = str(exc.extra["retry_after"])
+    return response
 
 
 def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:

@@ -49,6 +49,12 @@ async def current_revision(connection: AsyncConnection) -> str | None:
     return await connection.run_sync(_read)
 
 
+def orm_managed(obj, name, type_, reflected, compare_to) -> bool:
+    """Autogenerate compares ORM tables only: the ledger's tables are SQL-defined (functions and triggers own them)."""
+    table = obj if type_ == "table" else getattr(obj, "table", None)
+    return not (table is not None and table.name.startswith("ledger_"))
+
+
 def split_sql(script: str) -> list[str]:
     """Split a SQL script into statements at top-level semicolons (``$$``-quoted bodies stay whole)."""
     statements, current, quoted = [], [], False

@@ -7,6 +7,7 @@ otherwise), and only then sends the response. A failed commit becomes an error r
 money that was not committed.
 """
 
+import json
 from typing import Any
 
 from litestar import Request
@@ -15,9 +16,10 @@ from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import idempotency
+from escrow import audit, idempotency
 from escrow.auth.guards import PRINCIPAL_KEY, principal_of
-from escrow.auth.tokens import authenticate
+from escrow.auth.requests import authenticate_request
+from escrow.auth.tokens import Unauthenticated
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_KEY = "db_session"
@@ -78,22 +80,45 @@ class UnitOfWorkMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        app_state: Any = scope["app"].state
-        async with app_state.sessionmaker() as session:
+        state: Any = scope["app"].state
+        source = (scope.get("client") or ("unknown", 0))[0]
+        state.limiter.check(source)
+        unsafe = scope["method"] not in SAFE_METHODS
+        async with state.sessionmaker() as session:
             scope["state"][SESSION_KEY] = session
             try:
-                headers = Headers.from_scope(scope)
-                scope["state"][PRINCIPAL_KEY] = await authenticate(session, headers.get("authorization"))
-                if scope["method"] in SAFE_METHODS:
-                    await self.app(scope, receive, send)
+                try:
+                    scope["state"][PRINCIPAL_KEY] = await authenticate_request(session, scope, receive, state)
+                except Unauthenticated as exc:
+                    state.limiter.record(source)
+                    await session.rollback()
+                    if unsafe:
+                        await audit.record_refusal(state.sessionmaker, scope, exc.status, exc.code)
+                    raise
+                if unsafe:
+                    status = await self._state_changing(scope, receive, send, session, state.settings)
                 else:
-                    await self._state_changing(scope, receive, send, session, app_state.settings)
+                    status = await self._reading(scope, receive, send)
+                if status == 401:
+                    state.limiter.record(source)
             finally:
                 scope["state"].pop(SESSION_KEY, None)
 
+    async def _reading(self, scope: Scope, receive: Receive, send: Send) -> int:
+        status = 500
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        return status
+
     async def _state_changing(
         self, scope: Scope, receive: Receive, send: Send, session: AsyncSession, settings: Any
-    ) -> None:
+    ) -> int:
         route_opt = scope["route_handler"].opt
         key: str | None = None
         if route_opt.get("idempotent", True):
@@ -106,16 +131,29 @@ class UnitOfWorkMiddleware:
             stored = await idempotency.claim(session, caller, key, fingerprint)
             if stored is not None:
                 await session.rollback()
+                audit.add_record(session, scope, stored.status, body=stored.body, outcome="replayed")
+                await session.commit()
                 await _send_replay(send, stored)
-                return
+                return stored.status
         held = _HeldResponse()
         await self.app(scope, receive, held.send)
+        response = held.stored()
         if held.status < 400:
             if key is not None:
-                await idempotency.store(
-                    session, caller, key, fingerprint, held.stored(), settings.idempotency_ttl_seconds
-                )
+                await idempotency.store(session, caller, key, fingerprint, response, settings.idempotency_ttl_seconds)
+            audit.add_record(session, scope, held.status, body=response.body)
             await session.commit()
         else:
             await session.rollback()
+            audit.add_record(session, scope, held.status, detail=_problem_code(response.body))
+            await session.commit()
         await held.release(send)
+        return held.status
+
+
+def _problem_code(body: bytes) -> dict[str, Any] | None:
+    try:
+        problem = json.loads(body)
+    except ValueError:
+        return None
+    return {"code": problem.get("code")} if isinstance(problem, dict) else None

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
+from escrow.migrate import orm_managed
 from escrow.models import Base
 
 config = context.config
@@ -13,7 +14,12 @@ target_metadata = Base.metadata
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=False)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        transaction_per_migration=False,
+        include_object=orm_managed,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

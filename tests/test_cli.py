@@ -51,6 +51,7 @@ class TestHelp:
             ["migrate", "--help"],
             ["db-url", "--help"],
             ["openapi", "--help"],
+            ["routes", "--help"],
             ["verify", "--help"],
             ["admin", "create-token", "--help"],
             ["bench", "ledger", "--help"],

@@ -210,3 +210,24 @@ class TestReading:
         assert [line.amount for line in page] == [3, 2]
         page, cursor = await ledger.history(session, BOOK, "card:c1", cursor=cursor, limit=2)
         assert [line.amount for line in page] == [1] and cursor is None
+
+
+class TestExpirySweep:
+    async def test_frozen_book_waits_and_others_expire(self, session: AsyncSession, book: str) -> None:
+        await ledger.open_book(session, "esc_other")
+        await ledger.open_account(session, "esc_other", "card:x")
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        await ledger.post(session, Entry("esc_other", "card_paid", transfer("custody_cash", "card:x", 100)))
+        await sell(session, "c1", 100)
+        frozen = await ledger.hold(
+            session, Entry(BOOK, "consumption", transfer("card:c1", "merchant_payable", 10), expires_at=past)
+        )
+        other = await ledger.hold(
+            session, Entry("esc_other", "consumption", transfer("card:x", "merchant_payable", 10), expires_at=past)
+        )
+        await ledger.freeze_book(session, BOOK, "all")
+        await session.commit()
+        assert await ledger.expire_pending(session) == [other]
+        await ledger.freeze_book(session, BOOK, "none")
+        await session.commit()
+        assert await ledger.expire_pending(session) == [frozen]

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from escrow import migrate
 from escrow.db import asyncpg_url
+from escrow.migrate import orm_managed
 
 
 async def _tables(url: str) -> set[str]:
@@ -16,12 +17,6 @@ async def _tables(url: str) -> set[str]:
         names = {row[0] for row in rows}
     await engine.dispose()
     return names
-
-
-def orm_managed(obj, name, type_, reflected, compare_to) -> bool:
-    """The ledger's tables are written in SQL (functions and triggers own them), not mapped by the ORM."""
-    table = obj if type_ == "table" else getattr(obj, "table", None)
-    return not (table is not None and table.name.startswith("ledger_"))
 
 
 class TestMigrations:

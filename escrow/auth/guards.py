@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Scope
@@ -16,8 +17,13 @@ def principal_of(scope: Scope) -> Principal | None:
     return scope["state"].get(PRINCIPAL_KEY)
 
 
-def requires(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
-    """A guard admitting only principals of the given roles (401 without credentials, 403 for other roles)."""
+def requires(*roles: str, own: tuple[str, ...] = ()) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
+    """A guard admitting only principals of the given roles (401 without credentials, 403 for other roles).
+
+    ``own`` names the roles that reach only their own objects there: the service answers 404 for the others'.
+    It documents the route (the README's table of routes and roles is generated from it); the check itself is
+    the service's.
+    """
 
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         principal = principal_of(connection.scope)
@@ -28,4 +34,13 @@ def requires(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
 
     guard.__name__ = f"requires_{'_'.join(roles)}"
     guard.roles = roles  # type: ignore[attr-defined]  # read by the table of routes and roles
+    guard.own = own  # type: ignore[attr-defined]
     return guard
+
+
+def current_principal(request: Request) -> Principal:
+    """Litestar dependency for guarded routes: the authenticated caller."""
+    principal = principal_of(request.scope)
+    if principal is None:
+        raise Unauthenticated("This endpoint needs 'Authorization: Bearer <token>'.")
+    return principal

@@ -4,10 +4,10 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow.errors import EscrowError
+from escrow.errors import Conflict, EscrowError, NotFound
 from escrow.kit.ids import new_id
 from escrow.models import ApiToken
 
@@ -75,3 +75,35 @@ async def authenticate(session: AsyncSession, authorization: str | None) -> Prin
     if token is None:
         raise InvalidToken("The token is unknown or revoked.")
     return Principal(id=token.principal_id, role=token.role, token_id=token.id)
+
+
+async def _visible_token(session: AsyncSession, principal: Principal, token_id: str) -> ApiToken:
+    token = await session.get(ApiToken, token_id, with_for_update=True)
+    if token is None or (principal.role != "regulator" and token.principal_id != principal.id):
+        raise NotFound(f"no token {token_id}")
+    return token
+
+
+async def list_tokens(session: AsyncSession, principal: Principal) -> list[ApiToken]:
+    query = select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)
+    if principal.role != "regulator":
+        query = query.where(ApiToken.principal_id == principal.id)
+    return list(await session.scalars(query))
+
+
+async def revoke(session: AsyncSession, principal: Principal, token_id: str) -> ApiToken:
+    token = await _visible_token(session, principal, token_id)
+    if token.revoked_at is None:
+        token.revoked_at = func.now()
+        await session.flush()
+        await session.refresh(token)
+    return token
+
+
+async def rotate(session: AsyncSession, principal: Principal, token_id: str) -> tuple[ApiToken, str]:
+    """A new secret for the same principal; the old token stops working at once."""
+    token = await _visible_token(session, principal, token_id)
+    if token.revoked_at is not None:
+        raise Conflict(f"token {token_id} is revoked; a revoked token can't be rotated")
+    token.revoked_at = func.now()
+    return await issue_token(session, token.role, token.name, principal_id=token.principal_id)

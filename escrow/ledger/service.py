@@ -7,7 +7,8 @@ a final entry; ``hold`` a pending one, which lowers the *available* balance at o
 exactly once by ``post_pending`` (in full, or in part for a single debit/credit pair), ``void_pending`` or,
 past its deadline, ``expire_pending``. Each call is one round trip to a PL/pgSQL function
 (``ledger_post_entries`` / ``ledger_resolve_pending``) that inserts the entry and its postings and applies
-them to the account totals; ``post_many`` writes any number of entries in one call.
+them to the account totals; ``post_many`` writes any number of entries in one call and one transaction,
+checked on their combined effect (all or none of them is written).
 
 How concurrent movements are kept apart
 ---------------------------------------
@@ -214,7 +215,7 @@ async def _resolve(
     principal: str | None,
     refs: dict[str, Any] | None,
     idempotency_ref: str | None,
-) -> int:
+) -> int | None:
     if amount is not None:
         _check_amount(amount)
     return await _call(
@@ -260,15 +261,22 @@ async def void_pending(
 async def expire_pending(session: AsyncSession, *, limit: int = 1000, principal: str = "system:expiry") -> list[int]:
     """Release holds whose deadline has passed (a background job calls this). Returns the holds expired."""
     connection = await session.connection()
+    # Holds in a book or account frozen for all movement wait until it is unfrozen; one resolved meanwhile
+    # by a concurrent post or void is skipped by the function (it returns NULL).
     rows = await connection.exec_driver_sql(
         "SELECT e.id FROM ledger_entries e WHERE e.type = 'pending' AND e.expires_at <= now()"
         " AND NOT EXISTS (SELECT 1 FROM ledger_entries r WHERE r.pending_id = e.id)"
-        " ORDER BY e.expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        " AND NOT EXISTS (SELECT 1 FROM ledger_books b WHERE b.escrow_account_id = e.escrow_account_id"
+        "   AND b.frozen = 'all')"
+        " AND NOT EXISTS (SELECT 1 FROM ledger_postings p JOIN ledger_accounts a ON a.id = p.account_id"
+        "   WHERE p.entry_id = e.id AND a.frozen = 'all')"
+        " ORDER BY e.expires_at LIMIT $1 FOR UPDATE OF e SKIP LOCKED",
         (limit,),
     )
-    expired = [row[0] for row in rows]
-    for pending_id in expired:
-        await _resolve(session, pending_id, "expire", None, principal, None, None)
+    expired = []
+    for (pending_id,) in rows.all():
+        if await _resolve(session, pending_id, "expire", None, principal, None, None) is not None:
+            expired.append(pending_id)
     return expired
 
 

@@ -1,7 +1,29 @@
-"""All tables on one metadata, so Alembic sees everything."""
+"""All tables on one metadata, so Alembic sees everything (the ledger's tables are SQL-defined: see ledger/)."""
 
+from escrow.models.audit import AuditRecord
 from escrow.models.base import Base
 from escrow.models.idempotency import IdempotencyKey
+from escrow.models.party import (
+    Bank,
+    BankNonce,
+    Consumer,
+    ConsumerCode,
+    ConsumerLink,
+    EscrowAccount,
+    Merchant,
+)
 from escrow.models.token import ApiToken
 
-__all__ = ["ApiToken", "Base", "IdempotencyKey"]
+__all__ = [
+    "ApiToken",
+    "AuditRecord",
+    "Bank",
+    "BankNonce",
+    "Base",
+    "Consumer",
+    "ConsumerCode",
+    "ConsumerLink",
+    "EscrowAccount",
+    "IdempotencyKey",
+    "Merchant",
+]

@@ -383,6 +383,9 @@ BEGIN
         RAISE EXCEPTION 'no pending ledger entry %', p_pending_id USING ERRCODE = 'EL003';
     END IF;
     SELECT id, type INTO v_done FROM ledger_entries WHERE pending_id = p_pending_id;
+    IF FOUND AND p_action = 'expire' THEN
+        RETURN NULL;  -- resolved meanwhile: nothing left to expire
+    END IF;
     IF FOUND THEN
         RAISE EXCEPTION 'pending ledger entry % was already resolved by entry % (%)', p_pending_id, v_done.id,
                 v_done.type
@@ -401,13 +404,14 @@ BEGIN
            array_agg(amount ORDER BY id) AS amounts,
            sum(amount) FILTER (WHERE side = 'D') AS held, count(*)::int AS n
       INTO v_legs FROM ledger_postings WHERE entry_id = p_pending_id;
-    IF p_action = 'post' AND p_amount IS NOT NULL AND p_amount <> v_legs.held THEN
-        IF p_amount > v_legs.held OR p_amount <= 0 THEN
+    IF p_action = 'post' AND p_amount IS NOT NULL THEN
+        IF p_amount = v_legs.held THEN
+            p_amount := NULL;  -- the whole hold: every leg posts its own amount
+        ELSIF p_amount > v_legs.held OR p_amount <= 0 THEN
             RAISE EXCEPTION 'cannot post % fen of pending ledger entry % holding % fen', p_amount, p_pending_id,
                     v_legs.held
                 USING ERRCODE = 'EL005', DETAIL = json_build_object('held', v_legs.held)::text;
-        END IF;
-        IF v_legs.n <> 2 THEN
+        ELSIF v_legs.n <> 2 THEN
             RAISE EXCEPTION 'pending ledger entry % has % legs: only a single debit/credit pair can be posted in part',
                 p_pending_id, v_legs.n USING ERRCODE = 'EL007';
         END IF;

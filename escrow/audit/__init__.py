@@ -1,0 +1,67 @@
+"""Every state-changing request leaves an audit record: who, what, which object, how it ended, when.
+
+Records of successful requests are written in the request's own transaction; records of refused or failed
+requests are written after the rollback, so the trail holds attempts as well as changes. Rows are append-only.
+"""
+
+import json
+from typing import Any
+
+from litestar.types import Scope
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow.auth.guards import principal_of
+from escrow.models import AuditRecord
+
+
+def _object_id(scope: Scope, body: bytes | None) -> str | None:
+    params = scope.get("path_params") or {}
+    if params:
+        return str(next(iter(params.values())))
+    if not body:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        if isinstance(data.get("id"), str):
+            return data["id"]
+        for value in data.values():
+            if isinstance(value, dict) and isinstance(value.get("id"), str):
+                return value["id"]
+    return None
+
+
+def outcome_of(status: int) -> str:
+    return "done" if status < 400 else "refused" if status < 500 else "failed"
+
+
+def add_record(
+    session: AsyncSession,
+    scope: Scope,
+    status: int,
+    *,
+    body: bytes | None = None,
+    outcome: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    principal = principal_of(scope)
+    session.add(
+        AuditRecord(
+            principal_id=principal.id if principal else None,
+            role=principal.role if principal else None,
+            action=f"{scope['method']} {scope.get('path_template') or scope['path']}",
+            object_id=_object_id(scope, body),
+            request_id=scope["state"].get("request_id"),
+            status=status,
+            outcome=outcome or outcome_of(status),
+            detail=detail,
+        )
+    )
+
+
+async def record_refusal(sessionmaker: Any, scope: Scope, status: int, code: str) -> None:
+    """An attempt that changed nothing, recorded in a transaction of its own."""
+    async with sessionmaker() as session, session.begin():
+        add_record(session, scope, status, detail={"code": code})

@@ -1,0 +1,40 @@
+from litestar import get, post
+from litestar.params import FromPath, JSONBody
+
+from escrow.auth.guards import requires
+from escrow.banks import service
+from escrow.banks.schemas import BankCreate, BankCreated, BankOut
+from escrow.deps import DbSession, KeyringDep, PrincipalDep
+from escrow.errors import problem_responses
+
+TAGS = ["banks"]
+
+
+@post(
+    "/v1/banks",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    summary="Admit a custodian bank",
+    responses=problem_responses(401, 403, 409, 422),
+)
+async def create_bank(data: JSONBody[BankCreate], db_session: DbSession, keyring: KeyringDep) -> BankCreated:
+    bank, token, signing_secret = await service.create(db_session, keyring, data)
+    return BankCreated(bank=BankOut.model_validate(bank), token=token, signing_secret=signing_secret)
+
+
+@get(
+    "/v1/banks", guards=[requires("regulator")], tags=TAGS, summary="List banks", responses=problem_responses(401, 403)
+)
+async def list_banks(db_session: DbSession) -> list[BankOut]:
+    return [BankOut.model_validate(b) for b in await service.list_all(db_session)]
+
+
+@get(
+    "/v1/banks/{bank_id:str}",
+    guards=[requires("regulator", "bank", own=("bank",))],
+    tags=TAGS,
+    summary="A bank",
+    responses=problem_responses(401, 403, 404),
+)
+async def get_bank(bank_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> BankOut:
+    return BankOut.model_validate(await service.get(db_session, principal, bank_id))

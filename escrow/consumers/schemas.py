@@ -1,0 +1,38 @@
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from escrow.kit.crypto import normalize_phone
+
+
+class ConsumerRegister(BaseModel):
+    phone: str = Field(
+        description="Mainland mobile number; only a keyed hash and a masked form are kept.", examples=["13812345678"]
+    )
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str) -> str:
+        return normalize_phone(value)
+
+
+class ConsumerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    phone_masked: str
+    created_at: datetime
+
+
+class SignInCode(BaseModel):
+    code: str = Field(description="Six-digit one-time code; a deployment sends it to the phone by SMS instead.")
+    expires_at: datetime
+
+
+class ConsumerTokenRequest(ConsumerRegister):
+    code: str = Field(pattern=r"^\d{6}$")
+
+
+class ConsumerTokenIssued(BaseModel):
+    consumer: ConsumerOut
+    token: str = Field(description="The consumer's API token, shown once.")

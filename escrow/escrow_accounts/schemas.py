@@ -1,0 +1,36 @@
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from escrow.kit.crypto import normalize_account_number
+
+
+class EscrowAccountCreate(BaseModel):
+    bank_id: str = Field(min_length=1, max_length=40, description="The custodian bank to apply at.")
+
+
+class EscrowAccountActivate(BaseModel):
+    bank_account_number: str = Field(description="The escrow account's number at the bank; stored encrypted.")
+
+    @field_validator("bank_account_number")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return normalize_account_number(value)
+
+
+class Reason(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class EscrowAccountOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    merchant_id: str
+    bank_id: str
+    status: str
+    bank_account_masked: str | None
+    rejection_reason: str | None
+    freeze_reason: str | None
+    created_at: datetime
+    activated_at: datetime | None

@@ -1,0 +1,64 @@
+"""Personal and banking data at rest: encrypted (AES-256-GCM) or keyed-hashed (HMAC-SHA256), shown only masked."""
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_PHONE = re.compile(r"^1[3-9]\d{9}$")
+_ACCOUNT = re.compile(r"^\d{8,32}$")
+
+
+class Keyring:
+    """Keys derived from the one service secret: one for encryption, one for look-up hashes."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 32:
+            raise ValueError("the service secret key must be at least 32 bytes")
+        self._cipher = AESGCM(hmac.new(secret, b"escrow/field-encryption/v1", hashlib.sha256).digest())
+        self._hash_key = hmac.new(secret, b"escrow/lookup-hash/v1", hashlib.sha256).digest()
+
+    def encrypt(self, plaintext: str) -> str:
+        nonce = os.urandom(12)
+        sealed = self._cipher.encrypt(nonce, plaintext.encode(), b"v1")
+        return "v1:" + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    def decrypt(self, token: str) -> str:
+        version, _, payload = token.partition(":")
+        if version != "v1":
+            raise ValueError("unknown ciphertext version")
+        raw = base64.urlsafe_b64decode(payload)
+        return self._cipher.decrypt(raw[:12], raw[12:], b"v1").decode()
+
+    def lookup_hash(self, value: str) -> str:
+        """Equal inputs give equal hashes (for finding a record), but without the key nothing can be reversed."""
+        return hmac.new(self._hash_key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def normalize_phone(raw: str) -> str:
+    """A mainland mobile number as 11 digits; ``+86``, spaces and dashes are dropped. ValueError if it is not one."""
+    digits = re.sub(r"[\s-]", "", raw)
+    for prefix in ("+86", "0086", "86"):
+        if digits.startswith(prefix) and len(digits) == 11 + len(prefix):
+            digits = digits[len(prefix) :]
+    if not _PHONE.match(digits):
+        raise ValueError("must be a mainland China mobile number: 11 digits starting with 13-19")
+    return digits
+
+
+def mask_phone(phone: str) -> str:
+    return f"{phone[:3]}****{phone[-4:]}"
+
+
+def normalize_account_number(raw: str) -> str:
+    digits = re.sub(r"[\s-]", "", raw)
+    if not _ACCOUNT.match(digits):
+        raise ValueError("must be a bank account number of 8 to 32 digits")
+    return digits
+
+
+def mask_account_number(number: str) -> str:
+    return f"**** {number[-4:]}"

@@ -1,0 +1,60 @@
+from litestar import get, post
+from litestar.params import FromPath, JSONBody
+
+from escrow.auth.guards import requires
+from escrow.deps import DbSession, KeyringDep, PrincipalDep
+from escrow.errors import problem_responses
+from escrow.merchants import service
+from escrow.merchants.schemas import MerchantCreate, MerchantCreated, MerchantOut, MerchantStatusChange
+
+TAGS = ["merchants"]
+
+
+@post(
+    "/v1/merchants",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    summary="Onboard a merchant",
+    responses=problem_responses(401, 403, 409, 422),
+)
+async def create_merchant(
+    data: JSONBody[MerchantCreate], db_session: DbSession, keyring: KeyringDep
+) -> MerchantCreated:
+    merchant, token = await service.create(db_session, keyring, data)
+    return MerchantCreated(merchant=MerchantOut.model_validate(merchant), token=token)
+
+
+@get(
+    "/v1/merchants",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    summary="List merchants",
+    responses=problem_responses(401, 403),
+)
+async def list_merchants(db_session: DbSession) -> list[MerchantOut]:
+    return [MerchantOut.model_validate(m) for m in await service.list_all(db_session)]
+
+
+@get(
+    "/v1/merchants/{merchant_id:str}",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="A merchant",
+    responses=problem_responses(401, 403, 404),
+)
+async def get_merchant(merchant_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> MerchantOut:
+    return MerchantOut.model_validate(await service.get(db_session, principal, merchant_id))
+
+
+@post(
+    "/v1/merchants/{merchant_id:str}/status",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    status_code=200,
+    summary="Suspend or reactivate a merchant",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def change_merchant_status(
+    merchant_id: FromPath[str], data: JSONBody[MerchantStatusChange], db_session: DbSession, principal: PrincipalDep
+) -> MerchantOut:
+    return MerchantOut.model_validate(await service.change_status(db_session, principal, merchant_id, data))

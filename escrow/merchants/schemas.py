@@ -1,0 +1,50 @@
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from escrow.kit.crypto import normalize_account_number
+from escrow.kit.uscc import validate_uscc
+
+
+class MerchantCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200, examples=["Iron Temple Fitness"])
+    category: Literal["gym", "salon", "training", "other"]
+    uscc: str = Field(description="Unified social credit code (GB 32100-2015), check character verified.")
+    credit_rating: Literal["A", "B", "C", "D"]
+    settlement_account: str = Field(description="Bank account receiving released funds; stored encrypted.")
+    opened_on: date | None = Field(default=None, description="Business start date; defaults to today.")
+
+    @field_validator("uscc")
+    @classmethod
+    def _uscc(cls, value: str) -> str:
+        return validate_uscc(value)
+
+    @field_validator("settlement_account")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return normalize_account_number(value)
+
+
+class MerchantOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    category: str
+    uscc: str
+    credit_rating: str
+    settlement_account_masked: str
+    status: str
+    opened_on: date
+    created_at: datetime
+
+
+class MerchantCreated(BaseModel):
+    merchant: MerchantOut
+    token: str = Field(description="The merchant's API token, shown once.")
+
+
+class MerchantStatusChange(BaseModel):
+    status: Literal["active", "suspended"]
+    reason: str = Field(min_length=1, max_length=500)

@@ -1,0 +1,123 @@
+"""Banks, merchants, escrow accounts and consumers: who holds, owns and pays into the custodied money."""
+
+from datetime import date, datetime
+
+from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, SmallInteger, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from escrow.models.base import Base
+
+MERCHANT_CATEGORIES = ("gym", "salon", "training", "other")
+CREDIT_RATINGS = ("A", "B", "C", "D")
+MERCHANT_STATES = ("active", "suspended", "closing", "closed")
+ESCROW_STATES = ("pending", "active", "frozen", "closed", "rejected")
+SIGNING_ALGORITHMS = ("hmac-sha256", "hmac-sm3")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Bank(Base):
+    __tablename__ = "banks"
+    __table_args__ = (CheckConstraint(_in("signing_algorithm", SIGNING_ALGORITHMS), name="signing_algorithm"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    code: Mapped[str] = mapped_column(String(20), unique=True)
+    signing_algorithm: Mapped[str] = mapped_column(String(20))
+    signing_secret_enc: Mapped[str] = mapped_column(String(200))  # AES-GCM under the service key
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class Merchant(Base):
+    __tablename__ = "merchants"
+    __table_args__ = (
+        CheckConstraint(_in("category", MERCHANT_CATEGORIES), name="category"),
+        CheckConstraint(_in("credit_rating", CREDIT_RATINGS), name="credit_rating"),
+        CheckConstraint(_in("status", MERCHANT_STATES), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    category: Mapped[str] = mapped_column(String(20))
+    uscc: Mapped[str] = mapped_column(String(18), unique=True)  # unified social credit code, validated
+    credit_rating: Mapped[str] = mapped_column(String(1))
+    settlement_account_enc: Mapped[str] = mapped_column(String(300))  # AES-GCM under the service key
+    settlement_account_masked: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), server_default="active")
+    opened_on: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class EscrowAccount(Base):
+    """One per merchant per custodian bank: ``pending`` until the bank activates it with its account number."""
+
+    __tablename__ = "escrow_accounts"
+    __table_args__ = (
+        CheckConstraint(_in("status", ESCROW_STATES), name="status"),
+        Index(
+            "uq_escrow_accounts_merchant_bank",
+            "merchant_id",
+            "bank_id",
+            unique=True,
+            postgresql_where=text("status NOT IN ('rejected', 'closed')"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), index=True)
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), server_default="pending")
+    bank_account_enc: Mapped[str | None] = mapped_column(String(300))
+    bank_account_masked: Mapped[str | None] = mapped_column(String(40))
+    rejection_reason: Mapped[str | None] = mapped_column(String(500))
+    freeze_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    activated_at: Mapped[datetime | None]
+
+
+class Consumer(Base):
+    """A card holder, known only by a keyed hash of the phone number and its masked form."""
+
+    __tablename__ = "consumers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    phone_hash: Mapped[str] = mapped_column(String(64), unique=True)  # HMAC-SHA256 under the service key
+    phone_masked: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class ConsumerLink(Base):
+    """A merchant met this consumer at its point of sale (and may therefore issue it sign-in codes)."""
+
+    __tablename__ = "consumer_links"
+
+    consumer_id: Mapped[str] = mapped_column(ForeignKey("consumers.id"), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class ConsumerCode(Base):
+    """A one-time sign-in code (a deployment sends it by SMS); stored hashed, a few attempts, then burnt."""
+
+    __tablename__ = "consumer_codes"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    consumer_id: Mapped[str] = mapped_column(ForeignKey("consumers.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    issued_by: Mapped[str] = mapped_column(String(40))
+    attempts: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+
+
+class BankNonce(Base):
+    """Nonces of signed bank requests seen within the replay window."""
+
+    __tablename__ = "bank_nonces"
+
+    bank_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(server_default=text("now()"), index=True)

@@ -1,0 +1,108 @@
+"""Onboarding through the API, as the four roles do it; shared by the parties and authorization tests."""
+
+import itertools
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow.auth.tokens import issue_token
+from escrow.kit.signing import BankAuth
+from escrow.kit.uscc import _organisation_check_character as organisation_check_character
+from escrow.kit.uscc import with_check_character
+
+_keys = itertools.count()
+_codes = itertools.count(1)
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": f"test-{next(_keys)}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_uscc() -> str:
+    """A valid unified social credit code (organisation-code check digit included) that no other test uses."""
+    organisation = f"{next(_codes):08d}"
+    return with_check_character("91310000" + organisation + organisation_check_character(organisation))
+
+
+@dataclass
+class Bank:
+    id: str
+    token: str
+    secret: str
+    algorithm: str
+
+    @property
+    def auth(self) -> BankAuth:
+        return BankAuth(self.token, self.secret, self.algorithm)
+
+
+@dataclass
+class Merchant:
+    id: str
+    token: str
+
+
+async def regulator_token(session: AsyncSession) -> str:
+    _, secret = await issue_token(session, "regulator", "test regulator")
+    await session.commit()
+    return secret
+
+
+async def onboard_bank(client: httpx.AsyncClient, regulator: str, code: str, algorithm: str = "hmac-sha256") -> Bank:
+    response = await client.post(
+        "/v1/banks",
+        json={"name": f"Bank {code}", "code": code, "signing_algorithm": algorithm},
+        headers={**bearer(regulator), **key()},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return Bank(body["bank"]["id"], body["token"], body["signing_secret"], algorithm)
+
+
+async def onboard_merchant(client: httpx.AsyncClient, regulator: str, name: str, category: str = "gym") -> Merchant:
+    response = await client.post(
+        "/v1/merchants",
+        json={
+            "name": name,
+            "category": category,
+            "uscc": new_uscc(),
+            "credit_rating": "B",
+            "settlement_account": "6222 0212 3456 7890 123",
+        },
+        headers={**bearer(regulator), **key()},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return Merchant(body["merchant"]["id"], body["token"])
+
+
+async def open_escrow_account(client: httpx.AsyncClient, merchant: Merchant, bank: Bank) -> str:
+    response = await client.post(
+        "/v1/escrow-accounts", json={"bank_id": bank.id}, headers={**bearer(merchant.token), **key()}
+    )
+    assert response.status_code == 201, response.text
+    account_id = response.json()["id"]
+    activated = await client.post(
+        f"/v1/escrow-accounts/{account_id}/activate",
+        json={"bank_account_number": "3301 0400 0123 4567 89"},
+        headers=key(),
+        auth=bank.auth,
+    )
+    assert activated.status_code == 200, activated.text
+    return account_id
+
+
+async def consumer_token(client: httpx.AsyncClient, merchant: Merchant, phone: str) -> tuple[str, str]:
+    registered = await client.post("/v1/consumers", json={"phone": phone}, headers={**bearer(merchant.token), **key()})
+    assert registered.status_code in (200, 201), registered.text
+    consumer_id = registered.json()["id"]
+    code = await client.post(f"/v1/consumers/{consumer_id}/codes", headers={**bearer(merchant.token), **key()})
+    assert code.status_code == 201, code.text
+    token = await client.post("/v1/consumer-tokens", json={"phone": phone, "code": code.json()["code"]}, headers=key())
+    assert token.status_code == 201, token.text
+    return consumer_id, token.json()["token"]

@@ -1,0 +1,255 @@
+"""Every route, every role, own or another's object: each answers exactly as the README's table says."""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow.app import create_app
+from escrow.auth.matrix import ALLOWED, OWN, REFUSED, ROLES, markdown, route_access
+from escrow.auth.tokens import issue_token
+from escrow.config import Settings
+from escrow.kit.signing import sign_headers
+from tests.parties import (
+    Bank,
+    bearer,
+    key,
+    new_uscc,
+    onboard_bank,
+    onboard_merchant,
+    open_escrow_account,
+    regulator_token,
+)
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    # the matrix makes many deliberate 401s from one address: keep the abuse limiter out of its way
+    return Settings(
+        database_url=db_url,
+        log_format="json",
+        seal_interval_seconds=0,
+        secret_key="test-secret-key-0123456789abcdef",
+        auth_failure_limit=10_000,
+    )
+
+
+@dataclass
+class Caller:
+    role: str
+    token: str
+    bank: Bank | None = None
+    spare_token_id: str = ""  # a second token of the same principal, to rotate or revoke
+
+    def auth(self) -> dict:
+        return {"auth": self.bank.auth} if self.bank else {"headers": bearer(self.token)}
+
+
+@dataclass
+class World:
+    callers: dict[str, Caller]
+    own: dict[str, dict[str, str]]  # role -> path parameter -> the caller's own object
+    other: dict[str, str]  # path parameter -> an object of someone else
+    merchant_token: str
+
+
+async def spare(session: AsyncSession, role: str, principal_id: str) -> str:
+    token, _ = await issue_token(session, role, "spare", principal_id=principal_id)
+    await session.commit()
+    return token.id
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
+    regulator = await regulator_token(session)
+    bank, other_bank = await onboard_bank(client, regulator, "OWNB"), await onboard_bank(client, regulator, "OTHB")
+    merchant = await onboard_merchant(client, regulator, "Own Gym")
+    other_merchant = await onboard_merchant(client, regulator, "Other Gym")
+    account = await open_escrow_account(client, merchant, bank)
+    other_account = await open_escrow_account(client, other_merchant, other_bank)
+
+    async def consumer(of, phone: str) -> tuple[str, str]:
+        registered = await client.post("/v1/consumers", json={"phone": phone}, headers={**bearer(of.token), **key()})
+        consumer_id = registered.json()["id"]
+        _, secret = await issue_token(session, "consumer", "matrix", principal_id=consumer_id)
+        await session.commit()
+        return consumer_id, secret
+
+    consumer_id, consumer_secret = await consumer(merchant, "13800000001")
+    other_consumer_id, _ = await consumer(other_merchant, "13800000002")
+    me = {}
+    for role, token in (("regulator", regulator), ("merchant", merchant.token), ("consumer", consumer_secret)):
+        me[role] = (await client.get("/v1/me", headers=bearer(token))).json()
+    callers = {
+        "regulator": Caller(
+            "regulator", regulator, spare_token_id=await spare(session, "regulator", me["regulator"]["principal_id"])
+        ),
+        "bank": Caller("bank", bank.token, bank, await spare(session, "bank", bank.id)),
+        "merchant": Caller("merchant", merchant.token, spare_token_id=await spare(session, "merchant", merchant.id)),
+        "consumer": Caller("consumer", consumer_secret, spare_token_id=await spare(session, "consumer", consumer_id)),
+    }
+    own_objects = {
+        "bank_id": bank.id,
+        "merchant_id": merchant.id,
+        "consumer_id": consumer_id,
+        "escrow_account_id": account,
+    }
+    own = {role: {**own_objects, "token_id": callers[role].spare_token_id} for role in ROLES}
+    other_token = await spare(session, "merchant", other_merchant.id)
+    other = {
+        "bank_id": other_bank.id,
+        "merchant_id": other_merchant.id,
+        "consumer_id": other_consumer_id,
+        "escrow_account_id": other_account,
+        "token_id": other_token,
+    }
+    return World(callers, own, other, merchant.token)
+
+
+async def body_for(client: httpx.AsyncClient, world: World, method: str, path: str) -> dict | None:
+    if method != "POST":
+        return None
+    if path == "/v1/consumer-tokens":
+        consumer_id = world.own["merchant"]["consumer_id"]
+        code = await client.post(
+            f"/v1/consumers/{consumer_id}/codes", headers={**bearer(world.merchant_token), **key()}
+        )
+        return {"phone": "13800000001", "code": code.json()["code"]}
+    return {
+        "/v1/banks": {"name": "New Bank", "code": f"NB{time.monotonic_ns() % 10**8}"},
+        "/v1/merchants": {
+            "name": "New Gym",
+            "category": "gym",
+            "uscc": new_uscc(),
+            "credit_rating": "A",
+            "settlement_account": "6222021234567890123",
+        },
+        "/v1/merchants/{merchant_id}/status": {"status": "suspended", "reason": "matrix"},
+        "/v1/escrow-accounts": {"bank_id": world.own["bank"]["bank_id"]},
+        "/v1/escrow-accounts/{escrow_account_id}/activate": {"bank_account_number": "1234567890123"},
+        "/v1/escrow-accounts/{escrow_account_id}/reject": {"reason": "matrix"},
+        "/v1/escrow-accounts/{escrow_account_id}/freeze": {"reason": "matrix"},
+        "/v1/consumers": {"phone": "13800000009"},
+        "/v1/tokens": {"name": "another regulator"},
+    }.get(path, {})
+
+
+def fill(path: str, params: dict[str, str]) -> str:
+    for name, value in params.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+async def call(
+    client: httpx.AsyncClient, world: World, caller: Caller | None, method: str, path: str, params: dict[str, str]
+) -> httpx.Response:
+    body = await body_for(client, world, method, path)
+    kwargs = caller.auth() if caller else {}
+    headers = {**kwargs.pop("headers", {}), **(key() if method != "GET" else {})}
+    return await client.request(method, fill(path, params), json=body, headers=headers, **kwargs)
+
+
+def test_readme_has_the_generated_table() -> None:
+    app = create_app(Settings(database_url="postgresql://unused@localhost/unused"))
+    assert markdown(app) in README, "README's table of routes and roles is stale: run `escrow routes`"
+
+
+async def test_matrix(client: httpx.AsyncClient, app: Litestar, world: World) -> None:
+    rows = route_access(app)
+    assert len(rows) >= 25
+    problems = []
+    for row in rows:
+        anonymous = await call(client, world, None, row.method, row.path, world.other)
+        if not row.anonymous and anonymous.status_code != 401:
+            problems.append(f"{row.method} {row.path} anonymous: {anonymous.status_code}, expected 401")
+        for role in ROLES:
+            caller = world.callers[role]
+            expected = row.access[role]
+            own = await call(client, world, caller, row.method, row.path, world.own[role])
+            other = await call(client, world, caller, row.method, row.path, world.other)
+            if expected == REFUSED:
+                checks = [("own", own, {403}), ("other", other, {403})]
+            elif expected == OWN:
+                checks = [("own", own, None), ("other", other, {404} if "{" in row.path else None)]
+            else:
+                assert expected == ALLOWED
+                checks = [("own", own, None), ("other", other, None)]
+            for which, response, statuses in checks:
+                if statuses is None:
+                    ok = response.status_code not in (401, 403, 404) and response.status_code < 500
+                else:
+                    ok = response.status_code in statuses
+                if not ok:
+                    problems.append(
+                        f"{row.method} {row.path} as {role} on {which} object: "
+                        f"{response.status_code} {response.text[:120]}, table says {expected}"
+                    )
+    assert problems == []
+
+
+class TestSignedBankCalls:
+    async def test_unsigned_bank_call_is_refused(self, client: httpx.AsyncClient, world: World) -> None:
+        response = await client.get("/v1/escrow-accounts", headers=bearer(world.callers["bank"].token))
+        assert response.status_code == 401 and response.json()["code"] == "signature_missing"
+
+    async def test_replayed_nonce_is_refused(self, client: httpx.AsyncClient, world: World) -> None:
+        bank = world.callers["bank"].bank
+        headers = {**bearer(bank.token), **sign_headers(bank.secret, bank.algorithm, "GET", "/v1/escrow-accounts", b"")}
+        assert (await client.get("/v1/escrow-accounts", headers=headers)).status_code == 200
+        replay = await client.get("/v1/escrow-accounts", headers=headers)
+        assert replay.status_code == 401 and replay.json()["code"] == "signature_replayed"
+
+    async def test_old_timestamp_is_refused(self, client: httpx.AsyncClient, world: World) -> None:
+        bank = world.callers["bank"].bank
+        signed = sign_headers(
+            bank.secret, bank.algorithm, "GET", "/v1/escrow-accounts", b"", timestamp=int(time.time()) - 301
+        )
+        response = await client.get("/v1/escrow-accounts", headers={**bearer(bank.token), **signed})
+        assert response.status_code == 401 and response.json()["code"] == "signature_expired"
+
+    async def test_wrong_algorithm_is_refused(self, client: httpx.AsyncClient, world: World) -> None:
+        bank = world.callers["bank"].bank
+        signed = sign_headers(bank.secret, "hmac-sm3", "GET", "/v1/escrow-accounts", b"")
+        response = await client.get("/v1/escrow-accounts", headers={**bearer(bank.token), **signed})
+        assert response.status_code == 401 and response.json()["code"] == "signature_invalid"
+
+    async def test_tampered_body_and_path_are_refused(self, client: httpx.AsyncClient, world: World) -> None:
+        bank = world.callers["bank"].bank
+        account = world.own["bank"]["escrow_account_id"]
+        path = f"/v1/escrow-accounts/{account}/reject"
+        signed = sign_headers(bank.secret, bank.algorithm, "POST", path, b'{"reason": "a"}')
+        tampered_body = await client.post(
+            path,
+            content=b'{"reason": "b"}',
+            headers={**bearer(bank.token), **signed, **key(), "Content-Type": "application/json"},
+        )
+        assert tampered_body.status_code == 401 and tampered_body.json()["code"] == "signature_invalid"
+        signed = sign_headers(bank.secret, bank.algorithm, "POST", path, b'{"reason": "a"}')
+        other_path = path.replace("/reject", "/activate")
+        tampered_path = await client.post(
+            other_path,
+            content=b'{"reason": "a"}',
+            headers={**bearer(bank.token), **signed, **key(), "Content-Type": "application/json"},
+        )
+        assert tampered_path.status_code == 401 and tampered_path.json()["code"] == "signature_invalid"
+
+    async def test_sm3_bank_works_end_to_end(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "SM3B", algorithm="hmac-sm3")
+        response = await client.get("/v1/escrow-accounts", auth=bank.auth)
+        assert response.status_code == 200, response.text
+
+
+class TestAbuseLimit:
+    async def test_repeated_failures_get_429(self, client: httpx.AsyncClient, app: Litestar) -> None:
+        app.state.limiter.limit = 3
+        statuses = [(await client.get("/v1/me", headers=bearer("esk_reg_guess"))).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        blocked = await client.get("/v1/me", headers=bearer("esk_reg_guess"))
+        assert blocked.json()["code"] == "too_many_auth_failures" and int(blocked.headers["retry-after"]) > 0
