@@ -9,11 +9,13 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY escrow ./escrow
 COPY migrations ./migrations
-RUN pip install . && useradd --system --no-create-home escrow
+RUN pip install . && useradd --system --no-create-home escrow && mkdir /data && chown escrow /data
 
 USER escrow
 ENV ESCROW_HOST=0.0.0.0 \
-    ESCROW_PORT=8000
+    ESCROW_PORT=8000 \
+    ESCROW_SECRET_KEY_FILE=/data/secret.key
+VOLUME /data
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]

@@ -22,9 +22,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from escrow import migrate
+    from escrow.config import load_secret_key
     from escrow.db import resolve_database_url
 
     settings = get_settings()
+    load_secret_key(settings)  # created here, once, before workers start and could race to create it
     url = resolve_database_url(settings)  # the embedded server, if used, stops when this process exits
     migrate.upgrade(url)
     # Workers (and the app factory in this process) read the resolved URL instead of starting a server again.

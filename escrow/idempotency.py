@@ -6,6 +6,7 @@ first is still running (409) apart from one that arrives after it committed (rep
 """
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,22 @@ class StoredResponse:
     status: int
     content_type: str
     body: bytes
+
+
+SECRET_SHOWN_ONCE = StoredResponse(
+    409,
+    "application/problem+json",
+    json.dumps(
+        {
+            "type": "urn:escrow:problem:secret_already_issued",
+            "title": "Already done; its secret was shown once",
+            "status": 409,
+            "detail": "This request already succeeded. Secrets are shown once and not kept: rotate the token, or "
+            "ask for a new code, to get a new one.",
+            "code": "secret_already_issued",
+        }
+    ).encode(),
+)
 
 
 def validate_key(key: str | None) -> str:

@@ -17,9 +17,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow import audit, idempotency
+from escrow.audit import AUDIT_DETAIL
 from escrow.auth.guards import PRINCIPAL_KEY, principal_of
 from escrow.auth.requests import authenticate_request
 from escrow.auth.tokens import Unauthenticated
+from escrow.errors import EscrowError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_KEY = "db_session"
@@ -82,25 +84,27 @@ class UnitOfWorkMiddleware:
             return
         state: Any = scope["app"].state
         source = (scope.get("client") or ("unknown", 0))[0]
-        state.limiter.check(source)
         unsafe = scope["method"] not in SAFE_METHODS
+        guessable = scope["route_handler"].opt.get("auth_attempt", False)  # e.g. a sign-in code in the body
+        if guessable:
+            state.limiter.check(source)
         async with state.sessionmaker() as session:
             scope["state"][SESSION_KEY] = session
             try:
                 try:
                     scope["state"][PRINCIPAL_KEY] = await authenticate_request(session, scope, receive, state)
                 except Unauthenticated as exc:
-                    state.limiter.record(source)
                     await session.rollback()
                     if unsafe:
                         await audit.record_refusal(state.sessionmaker, scope, exc.status, exc.code)
+                    _failed_authentication(state.limiter, source)
                     raise
                 if unsafe:
                     status = await self._state_changing(scope, receive, send, session, state.settings)
                 else:
                     status = await self._reading(scope, receive, send)
-                if status == 401:
-                    state.limiter.record(source)
+                if status == 401 and guessable:
+                    state.limiter.record(source)  # a wrong sign-in code
             finally:
                 scope["state"].pop(SESSION_KEY, None)
 
@@ -122,13 +126,21 @@ class UnitOfWorkMiddleware:
         route_opt = scope["route_handler"].opt
         key: str | None = None
         if route_opt.get("idempotent", True):
-            key = idempotency.validate_key(Headers.from_scope(scope).get(idempotency.HEADER))
-            # Reading the body here caches it on the connection, so the handler reads the same bytes;
-            # Litestar enforces the body size limit while reading (413).
-            body = await Request(scope, receive).body()
-            fingerprint = idempotency.request_hash(scope["method"], scope["path"], scope.get("query_string", b""), body)
-            caller = caller_of(scope)
-            stored = await idempotency.claim(session, caller, key, fingerprint)
+            try:
+                key = idempotency.validate_key(Headers.from_scope(scope).get(idempotency.HEADER))
+                # Reading the body here caches it on the connection, so the handler reads the same bytes;
+                # Litestar enforces the body size limit while reading (413).
+                body = await Request(scope, receive).body()
+                fingerprint = idempotency.request_hash(
+                    scope["method"], scope["path"], scope.get("query_string", b""), body
+                )
+                caller = caller_of(scope)
+                stored = await idempotency.claim(session, caller, key, fingerprint)
+            except EscrowError as exc:
+                await session.rollback()
+                audit.add_record(session, scope, exc.status, detail={"code": exc.code})
+                await session.commit()
+                raise
             if stored is not None:
                 await session.rollback()
                 audit.add_record(session, scope, stored.status, body=stored.body, outcome="replayed")
@@ -140,8 +152,11 @@ class UnitOfWorkMiddleware:
         response = held.stored()
         if held.status < 400:
             if key is not None:
-                await idempotency.store(session, caller, key, fingerprint, response, settings.idempotency_ttl_seconds)
-            audit.add_record(session, scope, held.status, body=response.body)
+                # A response that carries a secret (a token, a signing secret, a code) is shown once: a replay
+                # gets a refusal instead, so no secret is ever kept in clear in the idempotency table.
+                kept = idempotency.SECRET_SHOWN_ONCE if route_opt.get("secret_response") else response
+                await idempotency.store(session, caller, key, fingerprint, kept, settings.idempotency_ttl_seconds)
+            audit.add_record(session, scope, held.status, body=response.body, detail=scope["state"].get(AUDIT_DETAIL))
             await session.commit()
         else:
             await session.rollback()
@@ -149,6 +164,17 @@ class UnitOfWorkMiddleware:
             await session.commit()
         await held.release(send)
         return held.status
+
+
+def _failed_authentication(limiter: Any, source: str) -> None:
+    """Count a failed authentication; past the limit the address gets 429 instead of 401 for a while.
+
+    Only failures count (a request without credentials is refused by its route's guard, and is not one), and
+    callers that authenticate are never blocked: the limit slows guessing, it does not lock out the innocent
+    behind the same address.
+    """
+    limiter.check(source)  # already over the limit: 429 rather than another 401
+    limiter.record(source)
 
 
 def _problem_code(body: bytes) -> dict[str, Any] | None:

@@ -54,6 +54,14 @@ class TestCompose:
         assert (url.username, url.password) == (db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"])
         assert url.path.lstrip("/") == db_env["POSTGRES_DB"]
 
+    def test_secret_key_survives_restarts(self) -> None:
+        escrow = COMPOSE["services"]["escrow"]
+        key_dir = str(Path(escrow["environment"]["ESCROW_SECRET_KEY_FILE"]).parent)
+        mounted = {volume.split(":")[1]: volume.split(":")[0] for volume in escrow["volumes"]}
+        assert mounted[key_dir] in COMPOSE["volumes"]
+        assert dockerfile_env()["ESCROW_SECRET_KEY_FILE"] == escrow["environment"]["ESCROW_SECRET_KEY_FILE"]
+        assert f"chown escrow {key_dir}" in DOCKERFILE
+
     def test_ports_agree(self) -> None:
         escrow = COMPOSE["services"]["escrow"]
         port = int(escrow["environment"]["ESCROW_PORT"])

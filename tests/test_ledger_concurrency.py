@@ -243,3 +243,25 @@ async def test_an_expiry_sweep_survives_holds_voided_while_it_runs(sessions: Ses
     assert failures == [], f"{len(failures)} sweeps failed, e.g. {failures[0]!r}"
     card = await balance(sessions, "card:e")
     assert card.pending == 0
+
+
+async def test_a_freeze_is_a_cut_off_for_movements_under_way(sessions: Sessions) -> None:
+    """A movement in flight when the freeze comes finishes first; none lands after the freeze committed."""
+    await open_book(sessions, ["card:f"], [10_000])
+    book = BOOK
+    async with sessions() as mover:
+        await ledger.post(mover, Entry(book, "release", transfer("card:f", "merchant_payable", 700)))
+        freezing = asyncio.create_task(_freeze(sessions, book))
+        await asyncio.sleep(0.3)
+        assert not freezing.done()  # the freeze waits for the movement under way
+        await mover.commit()
+    await asyncio.wait_for(freezing, 10)
+    async with sessions() as late:
+        with pytest.raises(ledger.AccountFrozen):
+            await ledger.post(late, Entry(book, "release", transfer("card:f", "merchant_payable", 1)))
+
+
+async def _freeze(sessions: Sessions, book: str) -> None:
+    async with sessions() as session:
+        await ledger.freeze_book(session, book, "all")
+        await session.commit()

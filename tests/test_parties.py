@@ -162,11 +162,9 @@ class TestRefusals:
         ).json()["code"]
         wrong = f"{(int(code) + 1) % 10**6:06d}"
         for _ in range(5):
-            response = await client.post(
-                "/v1/consumer-tokens", json={"phone": "13700001111", "code": wrong}, headers=key()
-            )
+            response = await client.post("/v1/consumer-tokens", json={"phone": "13700001111", "code": wrong})
             assert response.status_code == 401 and response.json()["code"] == "invalid_code"
-        burnt = await client.post("/v1/consumer-tokens", json={"phone": "13700001111", "code": code}, headers=key())
+        burnt = await client.post("/v1/consumer-tokens", json={"phone": "13700001111", "code": code})
         assert burnt.status_code == 401
 
     async def test_token_rotation_and_revocation(self, client: AsyncClient, regulator: str) -> None:
@@ -206,3 +204,56 @@ class TestAudit:
         await onboard_merchant(client, regulator, "Append Gym")
         with pytest.raises(Exception, match="append-only"):
             await session.execute(text("DELETE FROM audit_records"))
+
+
+class TestSecretsShownOnce:
+    async def test_replaying_an_onboarding_does_not_show_the_secrets_again(
+        self, client: AsyncClient, session: AsyncSession, regulator: str
+    ) -> None:
+        headers = {**bearer(regulator), "Idempotency-Key": "bank-once"}
+        body = {"name": "Once Bank", "code": "ONCE"}
+        first = await client.post("/v1/banks", json=body, headers=headers)
+        again = await client.post("/v1/banks", json=body, headers=headers)
+        assert first.status_code == 201
+        assert again.status_code == 409 and again.headers["idempotency-replayed"] == "true"
+        assert again.json()["code"] == "secret_already_issued"
+        stored = (await session.execute(text("SELECT convert_from(body, 'UTF8') FROM idempotency_keys"))).scalars()
+        dump = "".join(stored)
+        assert first.json()["token"] not in dump and first.json()["signing_secret"] not in dump
+        assert (await client.get("/v1/banks", headers=bearer(regulator))).json()[-1]["code"] == "ONCE"
+
+
+class TestConcurrentGuesses:
+    async def test_no_more_guesses_than_allowed_are_compared(self, client: AsyncClient, regulator: str) -> None:
+        import asyncio
+
+        merchant = await onboard_merchant(client, regulator, "Guess Gym")
+        registered = await client.post(
+            "/v1/consumers", json={"phone": "13600001111"}, headers={**bearer(merchant.token), **key()}
+        )
+        consumer_id = registered.json()["id"]
+        code = (
+            await client.post(f"/v1/consumers/{consumer_id}/codes", headers={**bearer(merchant.token), **key()})
+        ).json()["code"]
+        wrong = [f"{(int(code) + n) % 10**6:06d}" for n in range(1, 31)]
+        responses = await asyncio.gather(
+            *(client.post("/v1/consumer-tokens", json={"phone": "13600001111", "code": w}) for w in wrong)
+        )
+        assert {r.status_code for r in responses} <= {401, 429}
+        right = await client.post("/v1/consumer-tokens", json={"phone": "13600001111", "code": code})
+        assert right.status_code in (401, 429)  # the code was burnt after 5 tries, however concurrent
+
+
+class TestStatusReason:
+    async def test_suspension_reason_is_in_the_audit_trail(self, client: AsyncClient, regulator: str) -> None:
+        merchant = await onboard_merchant(client, regulator, "Reason Gym")
+        changed = await client.post(
+            f"/v1/merchants/{merchant.id}/status",
+            json={"status": "suspended", "reason": "unpaid refunds"},
+            headers={**bearer(regulator), **key()},
+        )
+        assert changed.json()["status"] == "suspended"
+        trail = await client.get(
+            "/v1/audit", params={"action": "POST /v1/merchants/{merchant_id}/status"}, headers=bearer(regulator)
+        )
+        assert trail.json()["items"][0]["detail"] == {"status": "suspended", "reason": "unpaid refunds"}

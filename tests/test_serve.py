@@ -22,7 +22,12 @@ class TestServe:
         data_dir = tmp_path / "pgdata"
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ESCROW_")}
-        env.update(ESCROW_DATA_DIR=str(data_dir), ESCROW_PORT=str(port), ESCROW_LOG_FORMAT="json")
+        env.update(
+            ESCROW_DATA_DIR=str(data_dir),
+            ESCROW_PORT=str(port),
+            ESCROW_LOG_FORMAT="json",
+            ESCROW_SECRET_KEY_FILE=str(tmp_path / "secret.key"),
+        )
         server = subprocess.Popen(
             [sys.executable, "-m", "escrow", "serve"],
             env=env,
@@ -45,3 +50,4 @@ class TestServe:
         assert server.returncode == 0, output
         assert not (data_dir / "postmaster.pid").exists(), "the embedded PostgreSQL is still running"
         assert (data_dir / "PG_VERSION").exists()  # the data directory stays, for the next start
+        assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0  # the generated secret is private

@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from escrow.auth.guards import principal_of
 from escrow.models import AuditRecord
 
+AUDIT_DETAIL = "audit_detail"  # scope state key: what a handler adds to its request's audit record
+
 
 def _object_id(scope: Scope, body: bytes | None) -> str | None:
     params = scope.get("path_params") or {}

@@ -1,5 +1,6 @@
 """The regulator's view of the audit trail: filter by who, what, which object, outcome and time."""
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -63,7 +64,7 @@ async def list_audit(
         query = query.where(AuditRecord.at < until)
     before = decode_cursor(cursor)
     if before is not None:
-        if not before.isdigit():
+        if not re.fullmatch(r"[0-9]{1,18}", before):
             raise FieldInvalid("cursor", "is not a cursor this service issued")
         query = query.where(AuditRecord.id < int(before))
     rows = list(await db_session.scalars(query))

@@ -61,6 +61,7 @@ async def list_tokens(db_session: DbSession, principal: PrincipalDep) -> list[To
 @post(
     "/v1/tokens",
     guards=[requires("regulator")],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
     tags=TAGS,
     summary="Issue another regulator token",
     responses=problem_responses(401, 403, 422),
@@ -73,6 +74,7 @@ async def create_regulator_token(data: JSONBody[RegulatorTokenCreate], db_sessio
 @post(
     "/v1/tokens/{token_id:str}/rotate",
     guards=[requires(*ANYONE_SIGNED_IN, own=("bank", "merchant", "consumer"))],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
     tags=TAGS,
     summary="Replace a token's secret; the old one fails at once",
     responses=problem_responses(401, 404, 409),

@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow.auth.tokens import Principal, Unauthenticated, authenticate
+from escrow.banks.service import signing_secret_context
 from escrow.kit.signing import MAX_SKEW_SECONDS, SignatureError, verify_signature
 from escrow.models import Bank, BankNonce
 
@@ -47,7 +48,7 @@ async def authenticate_request(session: AsyncSession, scope: Scope, receive: Rec
     body = await Request(scope, receive).body()
     try:
         nonce = verify_signature(
-            state.keyring.decrypt(bank.signing_secret_enc),
+            state.keyring.decrypt(bank.signing_secret_enc, signing_secret_context(bank.id)),
             bank.signing_algorithm,
             scope["method"],
             path_with_query(scope),
@@ -57,7 +58,11 @@ async def authenticate_request(session: AsyncSession, scope: Scope, receive: Rec
         )
     except SignatureError as exc:
         raise _signature_error(exc) from exc
-    await _remember_nonce(state, bank.id, nonce)
+    # Give the request's connection back before the nonce's own transaction takes one: holding two at once
+    # lets a burst of bank calls exhaust the pool with every request waiting for its second connection.
+    bank_id = bank.id
+    await session.rollback()
+    await _remember_nonce(state, bank_id, nonce)
     return principal
 
 

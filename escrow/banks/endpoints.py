@@ -13,6 +13,7 @@ TAGS = ["banks"]
 @post(
     "/v1/banks",
     guards=[requires("regulator")],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
     tags=TAGS,
     summary="Admit a custodian bank",
     responses=problem_responses(401, 403, 409, 422),

@@ -16,12 +16,13 @@ from escrow.models import Bank
 
 async def create(session: AsyncSession, keyring: Keyring, data: BankCreate) -> tuple[Bank, str, str]:
     signing_secret = f"ess_{secrets.token_urlsafe(32)}"
+    bank_id = new_id("bnk")
     bank = Bank(
-        id=new_id("bnk"),
+        id=bank_id,
         name=data.name,
         code=data.code,
         signing_algorithm=data.signing_algorithm,
-        signing_secret_enc=keyring.encrypt(signing_secret),
+        signing_secret_enc=keyring.encrypt(signing_secret, signing_secret_context(bank_id)),
     )
     session.add(bank)
     try:
@@ -32,6 +33,10 @@ async def create(session: AsyncSession, keyring: Keyring, data: BankCreate) -> t
         ) from exc
     _, token = await issue_token(session, "bank", f"{data.name} API", principal_id=bank.id)
     return bank, token, signing_secret
+
+
+def signing_secret_context(bank_id: str) -> str:
+    return f"banks.signing_secret:{bank_id}"
 
 
 async def get(session: AsyncSession, principal: Principal, bank_id: str) -> Bank:

@@ -45,6 +45,7 @@ async def get_consumer(consumer_id: FromPath[str], db_session: DbSession, princi
 @post(
     "/v1/consumers/{consumer_id:str}/codes",
     guards=[requires("merchant", "regulator", own=("merchant",))],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
     tags=TAGS,
     summary="Issue a one-time sign-in code (a deployment sends it by SMS)",
     responses=problem_responses(401, 403, 404),
@@ -63,6 +64,8 @@ async def issue_sign_in_code(
 @post(
     "/v1/consumer-tokens",
     tags=TAGS,
+    # the one-time code makes it single-use already; no response (which holds a token) is stored for replay
+    opt={"idempotent": False, "auth_attempt": True},
     summary="Exchange phone and one-time code for a consumer token",
     responses=problem_responses(401, 422, 429),
 )
@@ -73,9 +76,7 @@ async def sign_in_consumer(
     settings: SettingsDep,
     keyring: KeyringDep,
 ) -> ConsumerTokenIssued:
-    try:
-        consumer, token = await service.sign_in(db_session, settings, keyring, data.phone, data.code)
-    except service.WrongCode as wrong:
-        await service.count_wrong_attempt(request.app.state.sessionmaker, wrong.code_id)
-        raise service.InvalidCode("The code is wrong or has expired.") from None
+    consumer, token = await service.sign_in(
+        db_session, request.app.state.sessionmaker, settings, keyring, data.phone, data.code
+    )
     return ConsumerTokenIssued(consumer=ConsumerOut.model_validate(consumer), token=token)

@@ -25,22 +25,6 @@ class InvalidCode(Unauthenticated):
     title = "Wrong or expired sign-in code"
 
 
-class WrongCode(Exception):
-    """A wrong try at an open code: the caller counts it in a transaction of its own, then refuses (401)."""
-
-    def __init__(self, code_id: str) -> None:
-        super().__init__(code_id)
-        self.code_id = code_id
-
-
-async def count_wrong_attempt(sessionmaker: async_sessionmaker, code_id: str) -> None:
-    """Counted outside the request's transaction, which rolls back: otherwise a guesser would never burn a code."""
-    async with sessionmaker() as session, session.begin():
-        await session.execute(
-            update(ConsumerCode).where(ConsumerCode.id == code_id).values(attempts=ConsumerCode.attempts + 1)
-        )
-
-
 async def register(session: AsyncSession, keyring: Keyring, principal: Principal, phone: str) -> tuple[Consumer, bool]:
     """Find or create the consumer with this phone; a merchant is linked to it. Returns (consumer, created)."""
     phone_hash = keyring.lookup_hash(phone)
@@ -97,32 +81,53 @@ async def issue_code(
 
 
 async def sign_in(
-    session: AsyncSession, settings: Settings, keyring: Keyring, phone: str, code: str
+    session: AsyncSession,
+    sessionmaker: async_sessionmaker,
+    settings: Settings,
+    keyring: Keyring,
+    phone: str,
+    code: str,
 ) -> tuple[Consumer, str]:
-    """Exchange a valid code for a consumer token. A wrong code counts against the open code (and is committed)."""
-    consumer = await session.scalar(select(Consumer).where(Consumer.phone_hash == keyring.lookup_hash(phone)))
-    if consumer is None:
-        raise InvalidCode("The code is wrong or has expired.")
-    open_code = await session.scalar(
-        select(ConsumerCode).where(
-            ConsumerCode.consumer_id == consumer.id,
-            ConsumerCode.used_at.is_(None),
-            ConsumerCode.expires_at > datetime.now(UTC),
-            ConsumerCode.attempts < settings.consumer_code_attempts,
-        )
+    """Exchange a valid code for a consumer token.
+
+    Every try first spends one attempt of the open code, in a transaction of its own that stays committed
+    whatever this request does next; concurrent guesses each spend one, so no more tries than allowed are
+    ever compared with the code.
+    """
+    phone_hash = keyring.lookup_hash(phone)
+    open_code = (
+        select(ConsumerCode.id)
+        .join(Consumer, Consumer.id == ConsumerCode.consumer_id)
+        .where(Consumer.phone_hash == phone_hash, ConsumerCode.used_at.is_(None))
+        .order_by(ConsumerCode.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
     )
-    if open_code is None:
+    async with sessionmaker() as attempts, attempts.begin():
+        spent = (
+            await attempts.execute(
+                update(ConsumerCode)
+                .where(
+                    ConsumerCode.id == open_code,
+                    ConsumerCode.used_at.is_(None),
+                    ConsumerCode.expires_at > datetime.now(UTC),
+                    ConsumerCode.attempts < settings.consumer_code_attempts,
+                )
+                .values(attempts=ConsumerCode.attempts + 1)
+                .returning(ConsumerCode.id, ConsumerCode.consumer_id, ConsumerCode.code_hash)
+            )
+        ).first()
+    if spent is None or not secrets.compare_digest(spent.code_hash, keyring.lookup_hash(f"{spent.consumer_id}:{code}")):
         raise InvalidCode("The code is wrong or has expired.")
-    if not secrets.compare_digest(open_code.code_hash, keyring.lookup_hash(f"{consumer.id}:{code}")):
-        raise WrongCode(open_code.id)
     # claim it atomically: of two concurrent sign-ins with the same code, one gets a token
     claimed = await session.scalar(
         update(ConsumerCode)
-        .where(ConsumerCode.id == open_code.id, ConsumerCode.used_at.is_(None))
+        .where(ConsumerCode.id == spent.id, ConsumerCode.used_at.is_(None))
         .values(used_at=datetime.now(UTC))
         .returning(ConsumerCode.id)
     )
-    if claimed is None:
+    consumer = await session.get(Consumer, spent.consumer_id)
+    if claimed is None or consumer is None:
         raise InvalidCode("The code is wrong or has expired.")
     _, token = await issue_token(session, "consumer", "consumer sign-in", principal_id=consumer.id)
     return consumer, token

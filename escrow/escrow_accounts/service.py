@@ -68,7 +68,7 @@ async def activate(
     account = await get(session, principal, account_id, lock=True)
     _require(account, "pending")
     account.status = "active"
-    account.bank_account_enc = keyring.encrypt(bank_account_number)
+    account.bank_account_enc = keyring.encrypt(bank_account_number, f"escrow_accounts.bank_account:{account.id}")
     account.bank_account_masked = mask_account_number(bank_account_number)
     account.activated_at = func.now()
     await ledger.open_book(session, account.id)

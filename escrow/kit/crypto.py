@@ -21,17 +21,18 @@ class Keyring:
         self._cipher = AESGCM(hmac.new(secret, b"escrow/field-encryption/v1", hashlib.sha256).digest())
         self._hash_key = hmac.new(secret, b"escrow/lookup-hash/v1", hashlib.sha256).digest()
 
-    def encrypt(self, plaintext: str) -> str:
+    def encrypt(self, plaintext: str, context: str) -> str:
+        """``context`` names where the value lives (``table.column:row id``): a ciphertext copied elsewhere fails."""
         nonce = os.urandom(12)
-        sealed = self._cipher.encrypt(nonce, plaintext.encode(), b"v1")
+        sealed = self._cipher.encrypt(nonce, plaintext.encode(), f"v1:{context}".encode())
         return "v1:" + base64.urlsafe_b64encode(nonce + sealed).decode()
 
-    def decrypt(self, token: str) -> str:
+    def decrypt(self, token: str, context: str) -> str:
         version, _, payload = token.partition(":")
         if version != "v1":
             raise ValueError("unknown ciphertext version")
         raw = base64.urlsafe_b64decode(payload)
-        return self._cipher.decrypt(raw[:12], raw[12:], b"v1").decode()
+        return self._cipher.decrypt(raw[:12], raw[12:], f"v1:{context}".encode()).decode()
 
     def lookup_hash(self, value: str) -> str:
         """Equal inputs give equal hashes (for finding a record), but without the key nothing can be reversed."""

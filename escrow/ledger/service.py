@@ -31,6 +31,7 @@ constrained accounts never go below zero; frozen accounts and escrow accounts re
 """
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -329,9 +330,17 @@ async def _account_id(session: AsyncSession, book: str, code: str) -> int:
     return account_id
 
 
+async def _lock_book(session: AsyncSession, book: str) -> None:
+    """Wait for the escrow account's movements under way, and hold off new ones until this transaction ends."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended('ledger-book:' || :book, 0))"), {"book": book}
+    )
+
+
 async def freeze_account(session: AsyncSession, book: str, code: str, mode: FreezeMode) -> None:
     """``debits``: no new debits; ``all``: no movements; ``none``: unfrozen."""
     await _account_id(session, book, code)
+    await _lock_book(session, book)
     await session.execute(
         text("UPDATE ledger_accounts SET frozen = :mode WHERE escrow_account_id = :book AND code = :code"),
         {"mode": mode, "book": book, "code": code},
@@ -339,7 +348,10 @@ async def freeze_account(session: AsyncSession, book: str, code: str, mode: Free
 
 
 async def freeze_book(session: AsyncSession, book: str, mode: FreezeMode) -> None:
-    """Freeze every account of an escrow account at once (``debits``, ``all``) or unfreeze it (``none``)."""
+    """Freeze every account of an escrow account at once (``debits``, ``all``) or unfreeze it (``none``).
+
+    Takes effect as a cut-off: movements already under way finish first, none starts after it unseen."""
+    await _lock_book(session, book)
     result = await session.execute(
         text("UPDATE ledger_books SET frozen = :mode WHERE escrow_account_id = :book"), {"mode": mode, "book": book}
     )
@@ -398,7 +410,7 @@ async def history(
 ) -> tuple[list[HistoryLine], str | None]:
     """An account's postings, newest first, with keyset pagination (``next_cursor`` is None at the end)."""
     account_id = await _account_id(session, book, code)
-    before = int(cursor) if cursor and cursor.isdigit() else None
+    before = int(cursor) if cursor and re.fullmatch(r"[0-9]{1,18}", cursor) else None
     if cursor is not None and before is None:
         raise errors.InvalidMovement("cursor is not one this service issued")
     rows = await session.execute(

@@ -1,6 +1,7 @@
-from litestar import get, post
+from litestar import Request, get, post
 from litestar.params import FromPath, JSONBody
 
+from escrow.audit import AUDIT_DETAIL
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, KeyringDep, PrincipalDep
 from escrow.errors import problem_responses
@@ -13,6 +14,7 @@ TAGS = ["merchants"]
 @post(
     "/v1/merchants",
     guards=[requires("regulator")],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
     tags=TAGS,
     summary="Onboard a merchant",
     responses=problem_responses(401, 403, 409, 422),
@@ -55,6 +57,12 @@ async def get_merchant(merchant_id: FromPath[str], db_session: DbSession, princi
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def change_merchant_status(
-    merchant_id: FromPath[str], data: JSONBody[MerchantStatusChange], db_session: DbSession, principal: PrincipalDep
+    merchant_id: FromPath[str],
+    request: Request,
+    data: JSONBody[MerchantStatusChange],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> MerchantOut:
-    return MerchantOut.model_validate(await service.change_status(db_session, principal, merchant_id, data))
+    merchant = await service.change_status(db_session, principal, merchant_id, data)
+    request.scope["state"][AUDIT_DETAIL] = {"status": data.status, "reason": data.reason}  # kept in the audit trail
+    return MerchantOut.model_validate(merchant)

@@ -23,13 +23,14 @@ class InvalidTransition(Conflict):
 
 
 async def create(session: AsyncSession, keyring: Keyring, data: MerchantCreate) -> tuple[Merchant, str]:
+    merchant_id = new_id("mer")
     merchant = Merchant(
-        id=new_id("mer"),
+        id=merchant_id,
         name=data.name,
         category=data.category,
         uscc=data.uscc,
         credit_rating=data.credit_rating,
-        settlement_account_enc=keyring.encrypt(data.settlement_account),
+        settlement_account_enc=keyring.encrypt(data.settlement_account, f"merchants.settlement_account:{merchant_id}"),
         settlement_account_masked=mask_account_number(data.settlement_account),
         status="active",
         opened_on=data.opened_on or date.today(),  # noqa: DTZ011 - a calendar date, not an instant

@@ -248,6 +248,14 @@ DECLARE
     v_slot smallint := 1 + (pg_backend_pid() % 16);
     d record;
 BEGIN
+    -- A freeze takes the escrow account's lock exclusively and waits for movements already under way; a
+    -- movement takes it shared, in book order, before it reads the freeze flags in the next statement.
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('ledger-book:' || b.book, 0))
+       FROM (SELECT DISTINCT a.escrow_account_id AS book
+               FROM unnest(p_account_ids) AS u(id)
+              CROSS JOIN LATERAL (SELECT escrow_account_id FROM ledger_accounts WHERE id = u.id LIMIT 1) a
+              ORDER BY 1) b;
+
     SELECT array_agg(t.id ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_ids,
            array_agg(t.pd ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_pd,
            array_agg(t.pc ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_pc,
