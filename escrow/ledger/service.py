@@ -333,7 +333,11 @@ async def _account_id(session: AsyncSession, book: str, code: str) -> int:
 async def _lock_book(session: AsyncSession, book: str) -> None:
     """Wait for the escrow account's movements under way, and hold off new ones until this transaction ends."""
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended('ledger-book:' || :book, 0))"), {"book": book}
+        text(
+            "SELECT pg_advisory_xact_lock(hashtextextended('ledger-book:' || :book || ':' || part, 0))"
+            " FROM generate_series(0, 7) AS part ORDER BY part"
+        ),
+        {"book": book},
     )
 
 

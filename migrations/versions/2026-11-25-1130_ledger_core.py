@@ -241,7 +241,8 @@ CREATE CONSTRAINT TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
 -- frozen accounts; lock the accounts whose available balance goes down, in id order (so movements never wait
 -- on each other in a cycle), and update their rows (where the non-negative trigger checks them); add every
 -- other account's change to the caller's slot row.
-CREATE FUNCTION ledger_apply(p_account_ids bigint[], p_sides text[], p_kinds text[], p_amounts bigint[])
+CREATE FUNCTION ledger_apply(p_books text[], p_account_ids bigint[], p_sides text[], p_kinds text[],
+                             p_amounts bigint[])
 RETURNS void LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
@@ -250,11 +251,15 @@ DECLARE
 BEGIN
     -- A freeze takes the escrow account's lock exclusively and waits for movements already under way; a
     -- movement takes it shared, in book order, before it reads the freeze flags in the next statement.
-    PERFORM pg_advisory_xact_lock_shared(hashtextextended('ledger-book:' || b.book, 0))
-       FROM (SELECT DISTINCT a.escrow_account_id AS book
-               FROM unnest(p_account_ids) AS u(id)
-              CROSS JOIN LATERAL (SELECT escrow_account_id FROM ledger_accounts WHERE id = u.id LIMIT 1) a
-              ORDER BY 1) b;
+    -- (The lock is split in 8 by backend, so concurrent movements don't queue on one lock-table entry.)
+    IF p_books[1] = ALL (p_books) THEN  -- the usual case: one escrow account
+        PERFORM pg_advisory_xact_lock_shared(
+            hashtextextended('ledger-book:' || p_books[1] || ':' || pg_backend_pid() % 8, 0));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(
+                    hashtextextended('ledger-book:' || b.book || ':' || pg_backend_pid() % 8, 0))
+           FROM (SELECT DISTINCT book FROM unnest(p_books) AS u(book) ORDER BY 1) b;
+    END IF;
 
     SELECT array_agg(t.id ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_ids,
            array_agg(t.pd ORDER BY t.id) FILTER (WHERE t.lowers) AS lower_pd,
@@ -365,7 +370,7 @@ BEGIN
            WITH ORDINALITY AS u(e, book, account_id, side, kind, amount, k)
      ORDER BY u.k;
 
-    PERFORM ledger_apply(v_accounts, p_leg_sides, v_kinds, p_leg_amounts);
+    PERFORM ledger_apply(p_leg_books, v_accounts, p_leg_sides, v_kinds, p_leg_amounts);
     RETURN v_ids;
 END $$;
 
@@ -450,7 +455,7 @@ BEGIN
            WITH ORDINALITY AS u(book, account_id, side, kind, amount, k)
      ORDER BY u.k;
 
-    PERFORM ledger_apply(v_accounts, v_sides, v_kinds, v_amounts);
+    PERFORM ledger_apply(v_books, v_accounts, v_sides, v_kinds, v_amounts);
     RETURN v_id;
 END $$;
 """
@@ -459,7 +464,7 @@ DOWNGRADE = """
 DROP FUNCTION ledger_resolve_pending(bigint, text, bigint, text, jsonb, text, text);
 DROP FUNCTION ledger_post_entries(text[], text[], text[], jsonb[], text[], text[], timestamptz[], int[], text[], text[],
                                  text[], bigint[], text);
-DROP FUNCTION ledger_apply(bigint[], text[], text[], bigint[]);
+DROP FUNCTION ledger_apply(text[], bigint[], text[], text[], bigint[]);
 DROP TABLE ledger_seals;
 DROP TABLE ledger_postings;
 DROP TABLE ledger_entries;
