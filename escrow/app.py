@@ -20,9 +20,9 @@ from escrow.db import create_engine, create_sessionmaker, resolve_database_url
 from escrow.errors import exception_handlers
 from escrow.escrow_accounts import endpoints as escrow_endpoints
 from escrow.health.endpoints import healthz, readyz
+from escrow.jobs import seal_periodically
 from escrow.kit.crypto import Keyring
 from escrow.ledger.endpoints import verify_ledger
-from escrow.ledger.integrity import seal_periodically
 from escrow.logs import RequestLogMiddleware, configure_logging
 from escrow.merchants import endpoints as merchant_endpoints
 from escrow.migrate import head_revision

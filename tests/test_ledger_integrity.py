@@ -206,3 +206,18 @@ async def test_concurrent_sealers_do_not_collide(session: AsyncSession, engine: 
 
     assert sorted(await asyncio.gather(one(), one(), one())) == [0, 0, 20]
     assert (await verify_database(engine)).ok
+
+
+async def test_the_service_seals_in_the_background(db_url: str, session: AsyncSession, engine: AsyncEngine) -> None:
+    from escrow.app import create_app
+    from escrow.config import Settings
+
+    await populate(session)
+    app = create_app(Settings(database_url=db_url, seal_interval_seconds=0.1, secret_key="k" * 32))
+    async with app.lifespan():
+        for _ in range(50):
+            if (await verify_database(engine)).unsealed_entries == 0:
+                break
+            await asyncio.sleep(0.1)
+    report = await verify_database(engine)
+    assert report.ok and report.unsealed_entries == 0 and report.sealed_entries == 20

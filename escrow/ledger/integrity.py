@@ -9,17 +9,14 @@ invariants of domain.md §8 that the ledger alone can check; any edited, moved o
 the first seal that covered it.
 """
 
-import asyncio
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-log = structlog.get_logger("escrow.ledger")
 GENESIS = bytes(32)
 _SEAL_LOCK = 0x6C6564676572  # advisory lock key: one sealer at a time
 
@@ -102,22 +99,6 @@ async def seal(session: AsyncSession) -> SealResult:
         result.seals += 1
         result.entries += count
     return result
-
-
-async def seal_periodically(sessionmaker: async_sessionmaker, interval_seconds: float) -> None:
-    """Background task of the service process: seal, commit, sleep; errors are logged and retried."""
-    if interval_seconds <= 0:
-        return
-    while True:
-        try:
-            async with sessionmaker() as session:
-                result = await seal(session)
-                await session.commit()
-            if result.seals:
-                log.info("ledger_sealed", seals=result.seals, entries=result.entries)
-        except Exception:
-            log.exception("ledger_seal_failed")
-        await asyncio.sleep(interval_seconds)
 
 
 @dataclass
