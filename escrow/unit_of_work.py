@@ -94,9 +94,10 @@ class UnitOfWorkMiddleware:
                 try:
                     scope["state"][PRINCIPAL_KEY] = await authenticate_request(session, scope, receive, state)
                 except Unauthenticated as exc:
-                    await session.rollback()
                     if unsafe:
-                        await audit.record_refusal(state.sessionmaker, scope, exc.status, exc.code)
+                        await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
+                    else:
+                        await session.rollback()
                     _failed_authentication(state.limiter, source)
                     raise
                 if unsafe:
@@ -137,14 +138,10 @@ class UnitOfWorkMiddleware:
                 caller = caller_of(scope)
                 stored = await idempotency.claim(session, caller, key, fingerprint)
             except EscrowError as exc:
-                await session.rollback()
-                audit.add_record(session, scope, exc.status, detail={"code": exc.code})
-                await session.commit()
+                await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
                 raise
             if stored is not None:
-                await session.rollback()
-                audit.add_record(session, scope, stored.status, body=stored.body, outcome="replayed")
-                await session.commit()
+                await audit.record_after_rollback(session, scope, stored.status, body=stored.body, outcome="replayed")
                 await _send_replay(send, stored)
                 return stored.status
         held = _HeldResponse()
@@ -159,9 +156,7 @@ class UnitOfWorkMiddleware:
             audit.add_record(session, scope, held.status, body=response.body, detail=scope["state"].get(AUDIT_DETAIL))
             await session.commit()
         else:
-            await session.rollback()
-            audit.add_record(session, scope, held.status, detail=_problem_code(response.body))
-            await session.commit()
+            await audit.record_after_rollback(session, scope, held.status, detail=_problem_code(response.body))
         await held.release(send)
         return held.status
 

@@ -63,7 +63,8 @@ def add_record(
     )
 
 
-async def record_refusal(sessionmaker: Any, scope: Scope, status: int, code: str) -> None:
-    """An attempt that changed nothing, recorded in a transaction of its own."""
-    async with sessionmaker() as session, session.begin():
-        add_record(session, scope, status, detail={"code": code})
+async def record_after_rollback(session: AsyncSession, scope: Scope, status: int, **record: Any) -> None:
+    """Undo whatever the request did, then keep only its audit record: for attempts that changed nothing."""
+    await session.rollback()
+    add_record(session, scope, status, **record)
+    await session.commit()
