@@ -14,19 +14,24 @@ from escrow.auth import endpoints as auth_endpoints
 from escrow.auth.guards import current_principal
 from escrow.auth.limiter import FailureLimiter
 from escrow.banks import endpoints as bank_endpoints
+from escrow.cards import endpoints as card_endpoints
 from escrow.config import Settings, get_settings, load_secret_key
 from escrow.consumers import endpoints as consumer_endpoints
+from escrow.consumptions import endpoints as consumption_endpoints
 from escrow.db import create_engine, create_sessionmaker, resolve_database_url
 from escrow.errors import exception_handlers
 from escrow.escrow_accounts import endpoints as escrow_endpoints
 from escrow.health.endpoints import healthz, readyz
-from escrow.jobs import seal_periodically
+from escrow.jobs import run_periodically, seal_periodically
 from escrow.kit.crypto import Keyring
 from escrow.ledger.endpoints import verify_ledger
 from escrow.logs import RequestLogMiddleware, configure_logging
 from escrow.merchants import endpoints as merchant_endpoints
 from escrow.migrate import head_revision
 from escrow.openapi import docs, openapi_config, openapi_json
+from escrow.payouts import endpoints as payout_endpoints
+from escrow.plans import endpoints as plan_endpoints
+from escrow.refunds import endpoints as refund_endpoints
 from escrow.unit_of_work import UnitOfWorkMiddleware, provide_db_session
 
 ROUTES: list[ControllerRouterHandler] = [
@@ -46,6 +51,7 @@ ROUTES: list[ControllerRouterHandler] = [
     merchant_endpoints.list_merchants,
     merchant_endpoints.get_merchant,
     merchant_endpoints.change_merchant_status,
+    merchant_endpoints.change_custody_model,
     escrow_endpoints.apply_for_escrow_account,
     escrow_endpoints.list_escrow_accounts,
     escrow_endpoints.get_escrow_account,
@@ -57,6 +63,34 @@ ROUTES: list[ControllerRouterHandler] = [
     consumer_endpoints.get_consumer,
     consumer_endpoints.issue_sign_in_code,
     consumer_endpoints.sign_in_consumer,
+    plan_endpoints.create_plan,
+    plan_endpoints.list_plans,
+    plan_endpoints.get_plan,
+    plan_endpoints.retire_plan,
+    card_endpoints.sell_card,
+    card_endpoints.report_deposit,
+    card_endpoints.list_cards,
+    card_endpoints.my_cards,
+    card_endpoints.get_card,
+    card_endpoints.card_history,
+    card_endpoints.escrow_account_totals,
+    consumption_endpoints.record_consumption,
+    consumption_endpoints.list_consumptions,
+    consumption_endpoints.get_consumption,
+    consumption_endpoints.confirm_consumption,
+    consumption_endpoints.dispute_consumption,
+    consumption_endpoints.resolve_consumption,
+    refund_endpoints.refund_quote,
+    refund_endpoints.request_refund,
+    refund_endpoints.list_refunds,
+    refund_endpoints.get_refund,
+    refund_endpoints.approve_refund,
+    refund_endpoints.reject_refund,
+    payout_endpoints.run_payouts,
+    payout_endpoints.list_instructions,
+    payout_endpoints.get_instruction,
+    payout_endpoints.instruction_executed,
+    payout_endpoints.instruction_failed,
     audit_endpoints.list_audit,
     verify_ledger,
 ]
@@ -73,13 +107,17 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
         app.state.keyring = Keyring(load_secret_key(settings))
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
-        sealer = asyncio.create_task(seal_periodically(app.state.sessionmaker, settings.seal_interval_seconds))
+        background = [
+            asyncio.create_task(seal_periodically(app.state.sessionmaker, settings.seal_interval_seconds)),
+            asyncio.create_task(run_periodically(app.state.sessionmaker, settings)),
+        ]
         try:
             yield
         finally:
-            sealer.cancel()
-            with suppress(asyncio.CancelledError):
-                await sealer
+            for task in background:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             await engine.dispose()
 
     app = Litestar(

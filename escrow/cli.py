@@ -161,6 +161,24 @@ def cmd_admin_create_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_jobs(args: argparse.Namespace) -> int:
+    """Run the background jobs (as the service does every ESCROW_JOBS_INTERVAL_SECONDS) once, or forever."""
+    from escrow.db import create_sessionmaker
+    from escrow.jobs import run_jobs_once
+
+    async def work(engine):
+        sessionmaker = create_sessionmaker(engine)
+        while True:
+            report = await run_jobs_once(sessionmaker, get_settings())
+            print(" ".join(f"{name}={value}" for name, value in report.items()), flush=True)
+            if args.once:
+                return report
+            await asyncio.sleep(get_settings().jobs_interval_seconds or 60)
+
+    _run_with_engine(work)
+    return 0
+
+
 def cmd_bench_ledger(args: argparse.Namespace) -> int:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -229,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="seal new journal entries, then verify hash chains and invariants")
     verify.add_argument("--no-seal", action="store_true", help="verify only; do not seal new entries first")
     verify.set_defaults(func=cmd_verify)
+
+    run_jobs = commands.add_parser(
+        "run-jobs", help="run the background jobs (auto-confirmation, period releases, expiry, payouts)"
+    )
+    run_jobs.add_argument("--once", action="store_true", help="run what is due once and exit (for cron)")
+    run_jobs.set_defaults(func=cmd_run_jobs)
 
     admin = commands.add_parser("admin", help="operator tasks")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="TASK")

@@ -48,6 +48,54 @@ class Settings(BaseSettings):
     auth_block_seconds: int = Field(default=300, ge=1, description="How long an address is refused after the limit.")
     consumer_code_ttl_seconds: int = Field(default=600, ge=30, description="Lifetime of a consumer sign-in code.")
     consumer_code_attempts: int = Field(default=5, ge=1, description="Wrong tries before a sign-in code is burnt.")
+    # --- cards: domain.md §5; amounts in fen, ratios in basis points (1 bp = 0.01 %) ---
+    custody_ratio_bp_by_rating: dict[str, int] = Field(
+        default={"A": 4000, "B": 6000, "C": 10000, "D": 10000},
+        description="Custody ratio by credit rating for merchants the regulator moved to the ratio model (JSON).",
+    )
+    custody_full_first_days: int = Field(
+        default=365, ge=0, description="Merchants younger than this (days since opened_on) stay at 100 % custody."
+    )
+    training_max_price: int = Field(default=500_000, ge=1, description="Training plans: highest price (fen).")
+    training_max_sessions: int = Field(default=60, ge=1, description="Training plans: most sessions.")
+    training_max_days: int = Field(default=90, ge=1, description="Training plans: longest validity or period (days).")
+    fitness_period_max_price: int = Field(default=500_000, ge=1, description="Gym memberships: highest price (fen).")
+    fitness_period_max_days: int = Field(default=730, ge=1, description="Gym memberships: longest period (days).")
+    fitness_sessions_max_price: int = Field(
+        default=2_000_000, ge=1, description="Gym session plans: highest price (fen)."
+    )
+    fitness_max_sessions: int = Field(default=60, ge=1, description="Gym session plans: most sessions.")
+    fitness_consumer_max_total: int = Field(
+        default=2_000_000, ge=1, description="Gyms: most one consumer may prepay one merchant in all (fen)."
+    )
+    stored_value_max_face: int = Field(
+        default=500_000, ge=1, description="Named stored-value cards of any merchant: highest face value (fen)."
+    )
+    confirmation_window_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        description="A recorded service the consumer doesn't answer confirms itself after this.",
+    )
+    cooling_off_days: int = Field(
+        default=7, ge=0, description="Full refund of the price within this many days of payment if nothing was used."
+    )
+    refund_due_days_cooling_off: int = Field(default=5, ge=1, description="Days to pay a cooling-off refund.")
+    refund_due_days: int = Field(default=15, ge=1, description="Days to pay any other refund after approval.")
+    expiry_action: str = Field(
+        default="refund", description="A card past its validity with a balance is `refund`ed or `extend`ed."
+    )
+    expiry_extension_days: int = Field(default=90, ge=1, description="Days an expiring card is extended by.")
+    payout_hour: int | None = Field(
+        default=18,
+        ge=0,
+        le=23,
+        description="Hour of the business day (business time zone) after which the daily payout run is made "
+        "(unset: on demand only, POST /v1/payout-runs).",
+    )
+    jobs_interval_seconds: float = Field(
+        default=60, ge=0, description="How often the service runs its background jobs (0: never; see run-jobs)."
+    )
+    jobs_batch_size: int = Field(default=500, ge=1, description="Items a background job handles per transaction.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field(default="auto", description="`json`, `console`, or `auto` (console on a terminal).")
     business_timezone: str = Field(default="Asia/Shanghai", description="Time zone of business dates.")
@@ -59,6 +107,20 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
             raise ValueError("must be a PostgreSQL URL: postgresql://user:password@host:port/database")
+        return value
+
+    @field_validator("expiry_action")
+    @classmethod
+    def _validate_expiry_action(cls, value: str) -> str:
+        if value not in {"refund", "extend"}:
+            raise ValueError("must be refund or extend")
+        return value
+
+    @field_validator("custody_ratio_bp_by_rating")
+    @classmethod
+    def _validate_ratios(cls, value: dict[str, int]) -> dict[str, int]:
+        if set(value) != {"A", "B", "C", "D"} or not all(0 < v <= 10000 for v in value.values()):
+            raise ValueError("needs ratios for A, B, C and D, each between 1 and 10000 basis points")
         return value
 
     @field_validator("log_format")

@@ -1,5 +1,6 @@
 """Every error leaves the service as RFC 9457 problem+json with a stable ``code``; internals never do."""
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -21,10 +22,13 @@ class EscrowError(Exception):
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Request refused"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, *, errors: list[dict[str, str]] | None = None, keep: Sequence[object] = (), **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.keep = keep  # rows to write even though the request is refused (e.g. an unapplied deposit)
         self.extra = extra
 
 
@@ -71,7 +75,12 @@ def _field_of(key: str | None, source: str | None) -> str:
     return "body" if source in (None, "body") else str(source)
 
 
-def _escrow_error(_: Request, exc: EscrowError) -> Response[dict[str, Any]]:
+KEEP_ON_REFUSAL = "keep_on_refusal"  # scope state key: rows the unit of work writes after its rollback
+
+
+def _escrow_error(request: Request, exc: EscrowError) -> Response[dict[str, Any]]:
+    if exc.keep:
+        request.scope["state"].setdefault(KEEP_ON_REFUSAL, []).extend(exc.keep)
     response = problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, **exc.extra)
     if "retry_after" in exc.extra:
         response.headers["Retry-After"] = str(exc.extra["retry_after"])

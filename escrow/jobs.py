@@ -1,14 +1,122 @@
-"""Background work in the service process: each run is its own unit of work (one transaction, committed here),
-idempotent, so a rerun after a crash is harmless. Issue #5 adds auto-confirmation, payouts and expiry here."""
+"""Background work in the service process, and ``escrow run-jobs --once`` for cron-style deployments.
+
+Each job works in batches, each batch its own unit of work (one transaction, committed here), using the same
+services as the API. Every job is idempotent — it acts on what is due *now* and leaves what it did in the rows it
+changes — so a rerun after a crash, or two processes running it at once, does nothing twice: the rows are
+locked and re-checked before each change, the ledger refuses a second resolution of a hold, and the daily
+payout run is claimed once per business date.
+"""
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from escrow import ledger
+from escrow.config import Settings
+from escrow.consumptions import service as consumptions
+from escrow.kit.clock import business_date, utcnow
 from escrow.ledger.integrity import seal
+from escrow.models import JobRun
+from escrow.payouts import service as payouts
+from escrow.refunds import service as refunds
 
 log = structlog.get_logger("escrow.jobs")
+
+
+async def _batches(
+    sessionmaker: async_sessionmaker, limit: int, batch: Callable[[AsyncSession], Awaitable[int]]
+) -> int:
+    """Run ``batch`` (which returns how many items it handled) in fresh transactions until a batch comes short."""
+    total = 0
+    while True:
+        async with sessionmaker() as session:
+            handled = await batch(session)
+            await session.commit()
+        total += handled
+        if handled < limit:
+            return total
+
+
+async def daily_payouts(session: AsyncSession, settings: Settings, now: datetime) -> int | None:
+    """The scheduled payout run, once per business date after ``payout_hour`` (None when not due)."""
+    local = now.astimezone(ZoneInfo(settings.business_timezone))
+    if settings.payout_hour is None or local.hour < settings.payout_hour:
+        return None
+    claimed = await session.scalar(
+        insert(JobRun)
+        .values(job="payouts", business_date=business_date(now, settings.business_timezone))
+        .on_conflict_do_nothing()
+        .returning(JobRun.job)
+    )
+    if claimed is None:
+        return None
+    return len(await payouts.run_payouts(session, "system:payouts"))
+
+
+async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, now: datetime | None = None) -> dict:
+    """Everything due now, in order; returns what each job did (and logs it)."""
+    now = now or utcnow()
+    limit = settings.jobs_batch_size
+    report: dict[str, int | None] = {}
+
+    async def confirm(session: AsyncSession) -> int:
+        return await consumptions.auto_confirm(session, now, limit)
+
+    async def period(session: AsyncSession) -> int:
+        outcome = await consumptions.release_period_days(session, settings, now, limit)
+        report["period_days_released"] = (report.get("period_days_released") or 0) + outcome.released_days
+        report["period_days_skipped_frozen"] = (report.get("period_days_skipped_frozen") or 0) + outcome.skipped_days
+        return outcome.cards
+
+    async def expiry(session: AsyncSession) -> int:
+        extended, refunded = await refunds.handle_expired_cards(session, settings, now, limit)
+        report["cards_extended"] = (report.get("cards_extended") or 0) + extended
+        report["cards_refunded_at_expiry"] = (report.get("cards_refunded_at_expiry") or 0) + refunded
+        return extended + refunded
+
+    async def holds(session: AsyncSession) -> int:
+        return len(await ledger.expire_pending(session, limit=limit))
+
+    async def reinstruct(session: AsyncSession) -> int:
+        return await payouts.reinstruct_refunds(session, limit)
+
+    for name, job in (
+        ("services_auto_confirmed", confirm),
+        ("period_cards", period),
+        ("expired_cards", expiry),
+        ("holds_expired", holds),
+        ("refunds_reinstructed", reinstruct),
+    ):
+        try:
+            report[name] = await _batches(sessionmaker, limit, job)
+        except Exception:
+            log.exception("job_failed", job=name)
+            report[name] = None
+    try:
+        async with sessionmaker() as session:
+            report["payout_instructions"] = await daily_payouts(session, settings, now)
+            await session.commit()
+    except Exception:
+        log.exception("job_failed", job="payouts")
+    log.info("jobs_ran", **report)
+    return report
+
+
+async def run_periodically(sessionmaker: async_sessionmaker, settings: Settings) -> None:
+    """Background task of the service process: run what is due, sleep, again."""
+    if settings.jobs_interval_seconds <= 0:
+        return
+    while True:
+        try:
+            await run_jobs_once(sessionmaker, settings)
+        except Exception:
+            log.exception("jobs_failed")
+        await asyncio.sleep(settings.jobs_interval_seconds)
 
 
 async def seal_periodically(sessionmaker: async_sessionmaker, interval_seconds: float) -> None:

@@ -21,7 +21,7 @@ from escrow.audit import AUDIT_DETAIL
 from escrow.auth.guards import PRINCIPAL_KEY, principal_of
 from escrow.auth.requests import authenticate_request
 from escrow.auth.tokens import Unauthenticated
-from escrow.errors import EscrowError
+from escrow.errors import KEEP_ON_REFUSAL, EscrowError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_KEY = "db_session"
@@ -156,7 +156,13 @@ class UnitOfWorkMiddleware:
             audit.add_record(session, scope, held.status, body=response.body, detail=scope["state"].get(AUDIT_DETAIL))
             await session.commit()
         else:
-            await audit.record_after_rollback(session, scope, held.status, detail=_problem_code(response.body))
+            await audit.record_after_rollback(
+                session,
+                scope,
+                held.status,
+                detail=_problem_code(response.body),
+                keep=scope["state"].pop(KEEP_ON_REFUSAL, ()),
+            )
         await held.release(send)
         return held.status
 

@@ -86,7 +86,11 @@ async def db_url(pg_server_url: str, template_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 def settings(db_url: str) -> Settings:
     return Settings(
-        database_url=db_url, log_format="json", seal_interval_seconds=0, secret_key="test-secret-key-0123456789abcdef"
+        database_url=db_url,
+        log_format="json",
+        seal_interval_seconds=0,
+        jobs_interval_seconds=0,
+        secret_key="test-secret-key-0123456789abcdef",
     )
 
 

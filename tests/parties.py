@@ -106,3 +106,45 @@ async def consumer_token(client: httpx.AsyncClient, merchant: Merchant, phone: s
     token = await client.post("/v1/consumer-tokens", json={"phone": phone, "code": code.json()["code"]}, headers=key())
     assert token.status_code == 201, token.text
     return consumer_id, token.json()["token"]
+
+
+# --- cards -------------------------------------------------------------------------------------------------
+
+_bank_transactions = itertools.count(1)
+
+
+def bank_transaction_id() -> str:
+    return f"BTX{next(_bank_transactions):08d}"
+
+
+async def create_plan(client: httpx.AsyncClient, merchant: Merchant, **plan) -> dict:
+    body = {"name": "plan", "validity_days": 365, **plan}
+    for money_field in ("price", "face_value", "list_price_per_session"):
+        if isinstance(body.get(money_field), int):
+            body[money_field] = {"amount": body[money_field], "currency": "CNY"}
+    response = await client.post("/v1/plans", json=body, headers={**bearer(merchant.token), **key()})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def sell_and_pay(
+    client: httpx.AsyncClient, merchant: Merchant, bank: Bank, plan_id: str, consumer_id: str
+) -> str:
+    """Sell a card and have the bank report its deposit; returns the card id."""
+    sold = await client.post(
+        "/v1/cards", json={"plan_id": plan_id, "consumer_id": consumer_id}, headers={**bearer(merchant.token), **key()}
+    )
+    assert sold.status_code == 201, sold.text
+    payment = sold.json()["payment"]
+    paid = await client.post(
+        "/v1/deposits",
+        json={
+            "payment_reference": payment["payment_reference"],
+            "amount": payment["amount"],
+            "bank_transaction_id": bank_transaction_id(),
+        },
+        headers=key(),
+        auth=bank.auth,
+    )
+    assert paid.status_code == 200, paid.text
+    return sold.json()["card"]["id"]

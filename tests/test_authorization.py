@@ -35,6 +35,7 @@ def settings(db_url: str) -> Settings:
         database_url=db_url,
         log_format="json",
         seal_interval_seconds=0,
+        jobs_interval_seconds=0,
         secret_key="test-secret-key-0123456789abcdef",
         auth_failure_limit=10_000,
     )

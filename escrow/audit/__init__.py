@@ -5,6 +5,7 @@ requests are written after the rollback, so the trail holds attempts as well as 
 """
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from litestar.types import Scope
@@ -63,8 +64,12 @@ def add_record(
     )
 
 
-async def record_after_rollback(session: AsyncSession, scope: Scope, status: int, **record: Any) -> None:
-    """Undo whatever the request did, then keep only its audit record: for attempts that changed nothing."""
+async def record_after_rollback(
+    session: AsyncSession, scope: Scope, status: int, *, keep: Sequence[object] = (), **record: Any
+) -> None:
+    """Undo whatever the request did, then keep only its audit record (and the rows a refusal must keep, such
+    as a deposit that could not be applied): for attempts that changed nothing else."""
     await session.rollback()
+    session.add_all(keep)
     add_record(session, scope, status, **record)
     await session.commit()

@@ -58,6 +58,7 @@ ACCOUNT_KINDS: dict[str, tuple[Side, bool]] = {
     "merchant_obligation": ("D", False),
     "merchant_payable": ("C", True),
     "refund_payable": ("C", True),
+    "refund_claims": ("C", True),  # refunds the merchant owes consumers outside custody
     "fund_cash": ("D", True),
     "fund_contributions": ("C", False),
     "fund_payable": ("C", True),

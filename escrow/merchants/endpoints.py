@@ -6,7 +6,13 @@ from escrow.auth.guards import requires
 from escrow.deps import DbSession, KeyringDep, PrincipalDep
 from escrow.errors import problem_responses
 from escrow.merchants import service
-from escrow.merchants.schemas import MerchantCreate, MerchantCreated, MerchantOut, MerchantStatusChange
+from escrow.merchants.schemas import (
+    CustodyModelChange,
+    MerchantCreate,
+    MerchantCreated,
+    MerchantOut,
+    MerchantStatusChange,
+)
 
 TAGS = ["merchants"]
 
@@ -66,3 +72,22 @@ async def change_merchant_status(
     merchant = await service.change_status(db_session, principal, merchant_id, data)
     request.scope["state"][AUDIT_DETAIL] = {"status": data.status, "reason": data.reason}  # kept in the audit trail
     return MerchantOut.model_validate(merchant)
+
+
+@post(
+    "/v1/merchants/{merchant_id:str}/custody-model",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    status_code=200,
+    summary="Move a merchant between full custody and the ratio model (cards sold keep their ratio)",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def change_custody_model(
+    merchant_id: FromPath[str],
+    data: JSONBody[CustodyModelChange],
+    request: Request,
+    db_session: DbSession,
+    principal: PrincipalDep,
+) -> MerchantOut:
+    request.scope["state"][AUDIT_DETAIL] = {"model": data.model, "reason": data.reason}
+    return MerchantOut.model_validate(await service.set_custody_model(db_session, principal, merchant_id, data.model))

@@ -36,6 +36,7 @@ class MerchantOut(BaseModel):
     credit_rating: str
     settlement_account_masked: str
     status: str
+    custody_model: str
     opened_on: date
     created_at: datetime
 
@@ -47,4 +48,11 @@ class MerchantCreated(BaseModel):
 
 class MerchantStatusChange(BaseModel):
     status: Literal["active", "suspended"]
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class CustodyModelChange(BaseModel):
+    model: Literal["full", "ratio"] = Field(
+        description="full: 100 % of every card in custody; ratio: the ratio of the merchant's credit rating."
+    )
     reason: str = Field(min_length=1, max_length=500)

@@ -67,3 +67,11 @@ async def change_status(
     merchant.status = change.status
     await session.flush()
     return merchant
+
+
+async def set_custody_model(session: AsyncSession, principal: Principal, merchant_id: str, model: str) -> Merchant:
+    """Move a merchant between full custody and the ratio model; cards already sold keep their ratio."""
+    merchant = await get(session, principal, merchant_id, lock=True)
+    merchant.custody_model = model
+    await session.flush()
+    return merchant

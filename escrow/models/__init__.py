@@ -2,6 +2,7 @@
 
 from escrow.models.audit import AuditRecord
 from escrow.models.base import Base
+from escrow.models.card import Card, Consumption, Instruction, JobRun, Plan, Refund, UnappliedDeposit
 from escrow.models.idempotency import IdempotencyKey
 from escrow.models.party import (
     Bank,
@@ -20,10 +21,17 @@ __all__ = [
     "Bank",
     "BankNonce",
     "Base",
+    "Card",
     "Consumer",
     "ConsumerCode",
     "ConsumerLink",
+    "Consumption",
     "EscrowAccount",
     "IdempotencyKey",
+    "Instruction",
+    "JobRun",
     "Merchant",
+    "Plan",
+    "Refund",
+    "UnappliedDeposit",
 ]

@@ -12,6 +12,7 @@ CREDIT_RATINGS = ("A", "B", "C", "D")
 MERCHANT_STATES = ("active", "suspended", "closing", "closed")
 ESCROW_STATES = ("pending", "active", "frozen", "closed", "rejected")
 SIGNING_ALGORITHMS = ("hmac-sha256", "hmac-sm3")
+CUSTODY_MODELS = ("full", "ratio")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -36,6 +37,7 @@ class Merchant(Base):
         CheckConstraint(_in("category", MERCHANT_CATEGORIES), name="category"),
         CheckConstraint(_in("credit_rating", CREDIT_RATINGS), name="credit_rating"),
         CheckConstraint(_in("status", MERCHANT_STATES), name="status"),
+        CheckConstraint(_in("custody_model", CUSTODY_MODELS), name="custody_model"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -46,6 +48,8 @@ class Merchant(Base):
     settlement_account_enc: Mapped[str] = mapped_column(String(300))  # AES-GCM under the service key
     settlement_account_masked: Mapped[str] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(20), server_default="active")
+    # full: 100 % custody; ratio: the custody ratio of the merchant's credit rating (domain.md §5), opt-in
+    custody_model: Mapped[str] = mapped_column(String(10), server_default="full")
     opened_on: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 

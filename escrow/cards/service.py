@@ -1,0 +1,432 @@
+"""Cards: sold by a merchant, paid into custody when the bank confirms the deposit, read by all four roles.
+
+A card's row is locked (``SELECT … FOR UPDATE``) by every movement of its value — consumption, release,
+refund — so its counters and its ledger accounts change together, one movement at a time; the ledger's own
+never-below-zero rule is the second line of defence.
+"""
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow import ledger
+from escrow.auth.tokens import Principal
+from escrow.cards.pricing import CardMoney, protected_part_of_price, split
+from escrow.cards.schemas import CardSale, DepositReport
+from escrow.config import Settings
+from escrow.errors import Conflict, EscrowError, FieldInvalid, NotFound
+from escrow.kit.clock import business_date, utcnow
+from escrow.kit.ids import new_id
+from escrow.models import Bank, Card, ConsumerLink, EscrowAccount, Merchant, Plan, UnappliedDeposit
+from escrow.plans import rules
+
+LIVE_STATES = ("awaiting_payment", "active")
+
+
+class SalesStopped(Conflict):
+    code = "sales_stopped"
+    title = "No sales now"
+
+
+class CardNotActive(Conflict):
+    code = "card_not_active"
+    title = "The card is not active"
+
+
+class DepositRefused(EscrowError):
+    """A deposit the service can't apply; it is kept (unapplied) for reconciliation."""
+
+    code = "deposit_refused"
+    status = 422
+    title = "Deposit not applied"
+
+
+class DepositNotApplicable(DepositRefused):
+    status = 409
+
+
+def card_code(card_id: str) -> str:
+    return f"card:{card_id}"
+
+
+def unprotected_code(card_id: str) -> str:
+    return f"card_unprotected:{card_id}"
+
+
+def custody_ratio(settings: Settings, merchant: Merchant, now: datetime) -> int:
+    """The custody ratio (basis points) a card sold now is fixed at: full custody unless the regulator moved
+    the merchant to the ratio model and it is past its first year (domain.md §5)."""
+    if merchant.custody_model != "ratio":
+        return 10_000
+    if (business_date(now, settings.business_timezone) - merchant.opened_on).days < settings.custody_full_first_days:
+        return 10_000
+    return settings.custody_ratio_bp_by_rating[merchant.credit_rating]
+
+
+def money_of(card: Card) -> CardMoney:
+    return CardMoney(
+        price=card.price,
+        ratio_bp=card.custody_ratio_bp,
+        protected_paid=card.protected_paid,
+        out=card.consumed + card.refunded,
+        protected_out=card.protected_out,
+    )
+
+
+def take(card: Card, amount: int) -> tuple[int, int]:
+    """Take ``amount`` fen out of the card's remaining value (for a consumption or a refund): returns its
+    (custodied, unprotected) parts and advances the card's custody counter."""
+    protected, unprotected = split(money_of(card), amount)
+    card.protected_out += protected
+    return protected, unprotected
+
+
+def release_legs(card: Card, protected: int, unprotected: int) -> list[ledger.Leg]:
+    """Entry 2 of domain.md §4: value moves from the card to the merchant (payable, or obligation discharged)."""
+    legs: list[ledger.Leg] = []
+    if protected:
+        legs += ledger.transfer(card_code(card.id), "merchant_payable", protected)
+    if unprotected:
+        legs += ledger.transfer(unprotected_code(card.id), "merchant_obligation", unprotected)
+    return legs
+
+
+async def lock(session: AsyncSession, card_id: str) -> Card:
+    card = await session.get(Card, card_id, with_for_update=True, populate_existing=True)
+    if card is None:
+        raise NotFound(f"no card {card_id}")
+    return card
+
+
+async def _visible(session: AsyncSession, principal: Principal, card: Card) -> bool:
+    if principal.role == "regulator":
+        return True
+    if principal.role == "merchant":
+        return card.merchant_id == principal.id
+    if principal.role == "consumer":
+        return card.consumer_id == principal.id
+    if principal.role == "bank":
+        account = await session.get(EscrowAccount, card.escrow_account_id)
+        return account is not None and account.bank_id == principal.id
+    return False
+
+
+async def get(session: AsyncSession, principal: Principal, card_id: str, *, for_update: bool = False) -> Card:
+    card = await (lock(session, card_id) if for_update else session.get(Card, card_id))
+    if card is None or not await _visible(session, principal, card):
+        raise NotFound(f"no card {card_id}")
+    return card
+
+
+def check_sales_open(merchant: Merchant, account: EscrowAccount) -> None:
+    if merchant.status != "active":
+        raise SalesStopped(f"merchant {merchant.id} is {merchant.status}: no sales")
+    if account.status != "active":
+        raise SalesStopped(f"escrow account {account.id} is {account.status}: no sales")
+
+
+async def _escrow_account_for(session: AsyncSession, merchant: Merchant, account_id: str | None) -> EscrowAccount:
+    if account_id is not None:
+        account = await session.get(EscrowAccount, account_id, with_for_update=True)
+        if account is None or account.merchant_id != merchant.id:
+            raise FieldInvalid("escrow_account_id", f"no escrow account {account_id} of this merchant")
+        return account
+    accounts = list(
+        await session.scalars(
+            select(EscrowAccount).where(EscrowAccount.merchant_id == merchant.id, EscrowAccount.status == "active")
+        )
+    )
+    if len(accounts) != 1:
+        raise FieldInvalid("escrow_account_id", "required: the merchant has no active escrow account or more than one")
+    return accounts[0]
+
+
+async def sell(
+    session: AsyncSession, settings: Settings, principal: Principal, data: CardSale
+) -> tuple[Card, EscrowAccount, Bank]:
+    # The merchant row is locked so a closure or suspension and a sale can't cross.
+    merchant = await session.get(Merchant, principal.id, with_for_update=True)
+    if merchant is None:
+        raise NotFound(f"no merchant {principal.id}")
+    plan = await session.get(Plan, data.plan_id)
+    if plan is None or plan.merchant_id != merchant.id:
+        raise FieldInvalid("plan_id", f"no plan {data.plan_id} of this merchant")
+    if not plan.active:
+        raise FieldInvalid("plan_id", "the plan is retired")
+    if await session.get(ConsumerLink, (data.consumer_id, merchant.id)) is None:
+        raise FieldInvalid("consumer_id", "register the consumer (POST /v1/consumers) before selling to them")
+    account = await _escrow_account_for(session, merchant, data.escrow_account_id)
+    check_sales_open(merchant, account)
+    rules.check(settings, merchant.category, plan)
+    if merchant.category == "gym":
+        prepaid = await session.scalar(
+            select(func.coalesce(func.sum(Card.price - Card.consumed - Card.refunded), 0)).where(
+                Card.merchant_id == merchant.id, Card.consumer_id == data.consumer_id, Card.status.in_(LIVE_STATES)
+            )
+        )
+        if prepaid + plan.price > settings.fitness_consumer_max_total:
+            raise rules.PlanRuleBroken(
+                f"this consumer would hold {rules.yuan(prepaid + plan.price)} of prepaid value at this gym; "
+                f"the limit is {rules.yuan(settings.fitness_consumer_max_total)} (fitness_consumer_max_total)",
+                errors=[
+                    {
+                        "field": "consumer_id",
+                        "message": "prepaid total per consumer per gym exceeded",
+                        "rule": "fitness_consumer_max_total",
+                    }
+                ],
+            )
+    now = utcnow()
+    ratio = custody_ratio(settings, merchant, now)
+    card = Card(
+        id=new_id("card"),
+        merchant_id=merchant.id,
+        escrow_account_id=account.id,
+        plan_id=plan.id,
+        consumer_id=data.consumer_id,
+        kind=plan.kind,
+        status="awaiting_payment",
+        price=plan.price,
+        units_total=plan.units,
+        units_used=0,
+        custody_ratio_bp=ratio,
+        protected_paid=protected_part_of_price(plan.price, ratio),
+        consumed=0,
+        released=0,
+        refunded=0,
+        protected_out=0,
+        payment_reference=f"PE{secrets.randbelow(10**18):018d}",
+        days_settled=0,
+    )
+    session.add(card)
+    await session.flush()
+    await session.refresh(card)
+    bank = await session.get(Bank, account.bank_id)
+    assert bank is not None
+    return card, account, bank
+
+
+async def confirm_deposit(session: AsyncSession, settings: Settings, principal: Principal, data: DepositReport) -> Card:
+    """Apply a deposit the bank reports (entry 1 of domain.md §4), idempotent on the bank's transaction id.
+
+    A deposit that can't be applied — unknown reference, wrong amount, a card already paid, an account that
+    can't take money — is refused and kept as unapplied for reconciliation; its money is never put on a card.
+    """
+    earlier = await session.get(UnappliedDeposit, (principal.id, data.bank_transaction_id))
+    if earlier is not None:
+        raise DepositRefused(earlier.detail, reason=earlier.reason)
+
+    def refuse(reason: str, detail: str, status: int = 422) -> DepositRefused:
+        kind = DepositRefused if status == 422 else DepositNotApplicable
+        return kind(
+            detail,
+            reason=reason,
+            keep=[
+                UnappliedDeposit(
+                    bank_id=principal.id,
+                    bank_transaction_id=data.bank_transaction_id,
+                    payment_reference=data.payment_reference,
+                    amount=data.amount.amount,
+                    reason=reason,
+                    detail=detail,
+                )
+            ],
+        )
+
+    card = await session.scalar(select(Card).where(Card.payment_reference == data.payment_reference).with_for_update())
+    account = await session.get(EscrowAccount, card.escrow_account_id) if card else None
+    if card is None or account is None or account.bank_id != principal.id:
+        raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
+    if card.deposit_transaction_id == data.bank_transaction_id:
+        return card  # the same deposit reported again
+    if card.status != "awaiting_payment":
+        raise refuse("already_paid", f"card {card.id} is {card.status}; this payment can't be applied", 409)
+    if data.amount.amount != card.price:
+        raise refuse(
+            "amount_mismatch", f"card {card.id} costs {card.price} fen; the deposit is {data.amount.amount} fen"
+        )
+    if account.status != "active":
+        raise refuse("account_not_active", f"escrow account {account.id} is {account.status}", 409)
+    legs: list[ledger.Leg] = []
+    await ledger.open_account(session, card.escrow_account_id, card_code(card.id))
+    if card.protected_paid:
+        legs += ledger.transfer("custody_cash", card_code(card.id), card.protected_paid)
+    if card.price > card.protected_paid:
+        await ledger.open_account(session, card.escrow_account_id, unprotected_code(card.id))
+        legs += ledger.transfer("merchant_obligation", unprotected_code(card.id), card.price - card.protected_paid)
+    await ledger.post(
+        session,
+        ledger.Entry(
+            card.escrow_account_id,
+            "card_paid",
+            legs,
+            refs={"card_id": card.id, "bank_transaction_id": data.bank_transaction_id},
+            principal=principal.id,
+            idempotency_ref=f"deposit:{data.bank_transaction_id}",
+        ),
+    )
+    now = utcnow()
+    card.status = "active"
+    card.deposit_transaction_id = data.bank_transaction_id
+    card.paid_at = now
+    card.starts_on = business_date(now, settings.business_timezone)
+    plan = await session.get(Plan, card.plan_id)
+    assert plan is not None
+    card.valid_until = card.starts_on + timedelta(days=plan.validity_days - 1)
+    await session.flush()
+    return card
+
+
+@dataclass(frozen=True)
+class CardBalances:
+    protected: int  # custodied value left on the card, pending services included
+    unprotected: int
+    pending: int  # value held by services awaiting confirmation or in dispute
+
+    @property
+    def remaining(self) -> int:
+        return self.protected + self.unprotected
+
+
+async def balances(session: AsyncSession, card: Card) -> CardBalances:
+    if card.status == "awaiting_payment":
+        return CardBalances(0, 0, 0)
+    protected = await ledger.balance(session, card.escrow_account_id, card_code(card.id))
+    unprotected_posted = unprotected_pending = 0
+    if card.price > card.protected_paid:
+        unprotected = await ledger.balance(session, card.escrow_account_id, unprotected_code(card.id))
+        unprotected_posted, unprotected_pending = unprotected.posted, unprotected.pending
+    return CardBalances(protected.posted, unprotected_posted, protected.pending + unprotected_pending)
+
+
+async def list_visible(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    status: str | None,
+    merchant_id: str | None,
+    after: str | None,
+    limit: int,
+) -> list[Card]:
+    query = select(Card).order_by(Card.id).limit(limit + 1)
+    if principal.role == "merchant":
+        query = query.where(Card.merchant_id == principal.id)
+    elif principal.role == "consumer":
+        query = query.where(Card.consumer_id == principal.id)
+    elif principal.role == "bank":
+        query = query.join(EscrowAccount, EscrowAccount.id == Card.escrow_account_id).where(
+            EscrowAccount.bank_id == principal.id
+        )
+    if status is not None:
+        query = query.where(Card.status == status)
+    if merchant_id is not None:
+        query = query.where(Card.merchant_id == merchant_id)
+    if after is not None:
+        query = query.where(Card.id > after)
+    return list(await session.scalars(query))
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    entry_id: int
+    occurred_at: datetime
+    event: str
+    amount: int
+    protected: int
+    refs: dict
+
+
+_EVENT = {
+    "posted": None,
+    "pending": "held",
+    "post_pending": "released",
+    "void_pending": "voided",
+    "expire_pending": "expired",
+}
+
+
+async def history(session: AsyncSession, card: Card, *, before: int | None, limit: int) -> list[HistoryItem]:
+    """The card's movements, newest first: one line per journal entry touching its two accounts."""
+    rows = await session.execute(
+        text(
+            "SELECT e.id, e.occurred_at, e.kind, e.type, e.refs,"
+            "  sum(p.amount) AS amount, coalesce(sum(p.amount) FILTER (WHERE a.code = :card), 0) AS protected"
+            " FROM ledger_accounts a"
+            " JOIN ledger_postings p ON p.account_id = a.id"
+            " JOIN ledger_entries e ON e.id = p.entry_id"
+            " WHERE a.escrow_account_id = :book AND a.code IN (:card, :unprotected)"
+            "   AND (CAST(:before AS bigint) IS NULL OR e.id < :before)"
+            " GROUP BY e.id ORDER BY e.id DESC LIMIT :limit"
+        ),
+        {
+            "book": card.escrow_account_id,
+            "card": card_code(card.id),
+            "unprotected": unprotected_code(card.id),
+            "before": before,
+            "limit": limit,
+        },
+    )
+    items = []
+    for entry_id, occurred_at, kind, entry_type, refs, amount, protected in rows:
+        suffix = _EVENT.get(entry_type)
+        event = kind if suffix is None else f"{kind}_{suffix}"
+        items.append(HistoryItem(entry_id, occurred_at, event, int(amount), int(protected), refs or {}))
+    return items
+
+
+async def account_totals(session: AsyncSession, principal: Principal, escrow_account_id: str) -> dict[str, int]:
+    account = await session.get(EscrowAccount, escrow_account_id)
+    visible = account is not None and (
+        principal.role == "regulator"
+        or (principal.role == "bank" and account.bank_id == principal.id)
+        or (principal.role == "merchant" and account.merchant_id == principal.id)
+    )
+    if not visible:
+        raise NotFound(f"no escrow account {escrow_account_id}")
+    row = (
+        await session.execute(
+            text(
+                "SELECT"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code = 'custody_cash'), 0),"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code LIKE 'card:%'), 0),"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code LIKE 'card_unprotected:%'), 0),"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code = 'merchant_payable'), 0),"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code = 'refund_payable'), 0),"
+                " coalesce(sum(t.pend) FILTER (WHERE t.code = 'merchant_payable'), 0)"
+                " FROM (SELECT a.code,"
+                "   CASE a.normal_side"
+                "     WHEN 'D' THEN a.posted_debits - a.posted_credits"
+                "       + coalesce(sum(s.posted_debits - s.posted_credits), 0)"
+                "     ELSE a.posted_credits - a.posted_debits + coalesce(sum(s.posted_credits - s.posted_debits), 0)"
+                "   END AS bal,"
+                "   a.pending_debits + coalesce(sum(s.pending_debits), 0) AS pend"
+                "   FROM ledger_accounts a LEFT JOIN ledger_account_slots s ON s.account_id = a.id"
+                "   WHERE a.escrow_account_id = :book GROUP BY a.id) t"
+            ),
+            {"book": escrow_account_id},
+        )
+    ).one()
+    counts = dict(
+        (
+            await session.execute(
+                select(Card.status, func.count())
+                .where(Card.escrow_account_id == escrow_account_id, Card.status.in_(LIVE_STATES))
+                .group_by(Card.status)
+            )
+        ).all()
+    )
+    keys = (
+        "custody_cash",
+        "cards_protected",
+        "cards_unprotected",
+        "merchant_payable",
+        "refund_payable",
+        "payouts_in_flight",
+    )
+    totals = {key: int(value) for key, value in zip(keys, row, strict=True)}
+    totals["cards_active"] = counts.get("active", 0)
+    totals["cards_awaiting_payment"] = counts.get("awaiting_payment", 0)
+    return totals

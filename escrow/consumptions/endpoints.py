@@ -1,0 +1,102 @@
+from litestar import get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from escrow.auth.guards import requires
+from escrow.consumptions import service
+from escrow.consumptions.schemas import ConsumptionCreate, ConsumptionOut, Dispute, Resolution
+from escrow.deps import DbSession, PrincipalDep, SettingsDep
+from escrow.errors import problem_responses
+from escrow.kit.pagination import check_limit
+
+TAGS = ["services rendered"]
+ONE = "/v1/consumptions/{consumption_id:str}"
+
+
+@post(
+    "/v1/cards/{card_id:str}/consumptions",
+    guards=[requires("merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="Record a service rendered (held on the card until confirmed)",
+    responses=problem_responses(401, 403, 404, 409, 422, 423),
+)
+async def record_consumption(
+    card_id: FromPath[str],
+    data: JSONBody[ConsumptionCreate],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+) -> ConsumptionOut:
+    return ConsumptionOut.of(await service.record(db_session, settings, principal, card_id, data))
+
+
+@get(
+    "/v1/consumptions",
+    guards=[requires("regulator", "merchant", "consumer", own=("merchant", "consumer"))],
+    tags=TAGS,
+    summary="Service records (filter by status, e.g. disputed, or by card)",
+    responses=problem_responses(401, 403, 422),
+)
+async def list_consumptions(
+    db_session: DbSession,
+    principal: PrincipalDep,
+    status: FromQuery[str | None] = None,
+    card_id: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+) -> list[ConsumptionOut]:
+    rows = await service.list_visible(db_session, principal, status=status, card_id=card_id, limit=check_limit(limit))
+    return [ConsumptionOut.of(c) for c in rows]
+
+
+@get(
+    ONE,
+    guards=[requires("regulator", "merchant", "consumer", "bank", own=("merchant", "consumer", "bank"))],
+    tags=TAGS,
+    summary="A service record",
+    responses=problem_responses(401, 403, 404),
+)
+async def get_consumption(
+    consumption_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+) -> ConsumptionOut:
+    return ConsumptionOut.of(await service.get(db_session, principal, consumption_id))
+
+
+@post(
+    ONE + "/confirm",
+    guards=[requires("consumer", own=("consumer",))],
+    tags=TAGS,
+    status_code=200,
+    summary="The consumer confirms the service: its value is released to the merchant",
+    responses=problem_responses(401, 403, 404, 409, 423),
+)
+async def confirm_consumption(
+    consumption_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+) -> ConsumptionOut:
+    return ConsumptionOut.of(await service.confirm(db_session, principal, consumption_id))
+
+
+@post(
+    ONE + "/dispute",
+    guards=[requires("consumer", own=("consumer",))],
+    tags=TAGS,
+    status_code=200,
+    summary="The consumer disputes the service: its value stays held until resolved",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def dispute_consumption(
+    consumption_id: FromPath[str], data: JSONBody[Dispute], db_session: DbSession, principal: PrincipalDep
+) -> ConsumptionOut:
+    return ConsumptionOut.of(await service.dispute(db_session, principal, consumption_id, data.reason))
+
+
+@post(
+    ONE + "/resolve",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    status_code=200,
+    summary="Resolve a dispute: confirm (release) or void (the value returns to the card)",
+    responses=problem_responses(401, 403, 404, 409, 422, 423),
+)
+async def resolve_consumption(
+    consumption_id: FromPath[str], data: JSONBody[Resolution], db_session: DbSession, principal: PrincipalDep
+) -> ConsumptionOut:
+    return ConsumptionOut.of(await service.resolve(db_session, principal, consumption_id, data.outcome, data.note))

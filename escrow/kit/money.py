@@ -1,0 +1,14 @@
+"""Money in the API: ``{"amount": 12345, "currency": "CNY"}``, integer fen, never a float."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, StrictInt
+
+
+class Money(BaseModel):
+    amount: StrictInt = Field(ge=0, lt=10**15, description="Integer fen (1 yuan = 100 fen).", examples=[200000])
+    currency: Literal["CNY"] = "CNY"
+
+
+def money(amount: int) -> Money:
+    return Money(amount=amount)

@@ -1,0 +1,88 @@
+from litestar import get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from escrow.auth.guards import requires
+from escrow.deps import DbSession, PrincipalDep
+from escrow.errors import problem_responses
+from escrow.kit.pagination import Page, check_limit, decode_cursor, encode_cursor
+from escrow.payouts import service
+from escrow.payouts.schemas import Executed, Failed, InstructionOut, PayoutRun, PayoutRunRequest
+
+TAGS = ["payouts"]
+ONE = "/v1/instructions/{instruction_id:str}"
+
+
+@post(
+    "/v1/payout-runs",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="Pay out released money now: one instruction per escrow account with a payable balance",
+    responses=problem_responses(401, 403, 422),
+)
+async def run_payouts(data: JSONBody[PayoutRunRequest], db_session: DbSession, principal: PrincipalDep) -> PayoutRun:
+    merchant_id = principal.id if principal.role == "merchant" else data.merchant_id
+    made = await service.run_payouts(db_session, principal.id, merchant_id)
+    return PayoutRun(instructions=[InstructionOut.of(i) for i in made])
+
+
+@get(
+    "/v1/instructions",
+    guards=[requires("regulator", "bank", "merchant", own=("bank", "merchant"))],
+    tags=TAGS,
+    summary="Bank instructions (status=pending: what the bank has to carry out)",
+    responses=problem_responses(401, 403, 422),
+)
+async def list_instructions(
+    db_session: DbSession,
+    principal: PrincipalDep,
+    status: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+) -> Page[InstructionOut]:
+    limit = check_limit(limit)
+    rows = await service.list_visible(db_session, principal, status=status, after=decode_cursor(cursor), limit=limit)
+    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
+    return Page(items=[InstructionOut.of(i) for i in rows[:limit]], next_cursor=next_cursor)
+
+
+@get(
+    ONE,
+    guards=[requires("regulator", "bank", "merchant", own=("bank", "merchant"))],
+    tags=TAGS,
+    summary="A bank instruction",
+    responses=problem_responses(401, 403, 404),
+)
+async def get_instruction(
+    instruction_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+) -> InstructionOut:
+    return InstructionOut.of(await service.get(db_session, principal, instruction_id))
+
+
+@post(
+    ONE + "/executed",
+    guards=[requires("bank", own=("bank",))],
+    tags=TAGS,
+    status_code=200,
+    summary="The bank carried out the instruction (signed; the same report again is harmless)",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def instruction_executed(
+    instruction_id: FromPath[str], data: JSONBody[Executed], db_session: DbSession, principal: PrincipalDep
+) -> InstructionOut:
+    return InstructionOut.of(
+        await service.report_executed(db_session, principal, instruction_id, data.bank_transaction_id)
+    )
+
+
+@post(
+    ONE + "/failed",
+    guards=[requires("bank", own=("bank",))],
+    tags=TAGS,
+    status_code=200,
+    summary="The bank could not carry out the instruction: its hold is released and the next run retries",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def instruction_failed(
+    instruction_id: FromPath[str], data: JSONBody[Failed], db_session: DbSession, principal: PrincipalDep
+) -> InstructionOut:
+    return InstructionOut.of(await service.report_failed(db_session, principal, instruction_id, data.reason))

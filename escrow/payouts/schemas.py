@@ -1,0 +1,51 @@
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from escrow.kit.money import Money
+
+
+class Executed(BaseModel):
+    bank_transaction_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-.:/]+$")
+
+
+class Failed(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class PayoutRunRequest(BaseModel):
+    merchant_id: str | None = Field(default=None, description="Regulator only: one merchant's accounts (else all).")
+
+
+class InstructionOut(BaseModel):
+    id: str
+    escrow_account_id: str
+    kind: str
+    status: str
+    amount: Money
+    beneficiary: str
+    refund_id: str | None
+    bank_transaction_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+    reported_at: datetime | None
+
+    @classmethod
+    def of(cls, i) -> "InstructionOut":  # type: ignore[no-untyped-def]
+        return cls(
+            id=i.id,
+            escrow_account_id=i.escrow_account_id,
+            kind=i.kind,
+            status=i.status,
+            amount=Money(amount=i.amount),
+            beneficiary=i.beneficiary,
+            refund_id=i.refund_id,
+            bank_transaction_id=i.bank_transaction_id,
+            failure_reason=i.failure_reason,
+            created_at=i.created_at,
+            reported_at=i.reported_at,
+        )
+
+
+class PayoutRun(BaseModel):
+    instructions: list[InstructionOut]

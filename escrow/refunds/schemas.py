@@ -1,0 +1,73 @@
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from escrow.kit.money import Money
+
+
+class RefundQuote(BaseModel):
+    card_id: str
+    cause: str = Field(description="cooling_off when it applies, else the cause asked for.")
+    paid: Money
+    delivered_units: int
+    delivered_value: Money = Field(description="What was delivered, at the card's own price.")
+    delivered_value_charged: Money = Field(description="What the refund charges for it (list price if you ended it).")
+    remaining: Money
+    amount: Money = Field(description="What you get back. Confirm it by sending it as expected_amount.")
+    retained: Money = Field(description="Of the remaining value, what goes to the merchant for delivered value.")
+    rule: str
+
+
+class RefundRequest(BaseModel):
+    cause: Literal["consumer", "merchant"] = Field(
+        default="consumer",
+        description="consumer: you end the card (approved at once); merchant: the merchant failed you (approved by "
+        "the merchant or the regulator). Within cooling-off either gives the whole price.",
+    )
+    expected_amount: Money = Field(description="The amount of the quote you accept.")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class Rejection(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class RefundOut(BaseModel):
+    id: str
+    card_id: str
+    consumer_id: str
+    cause: str
+    status: str
+    amount: Money
+    from_custody: Money = Field(description="Paid by the bank out of the escrow account.")
+    set_off: Money = Field(description="Unprotected part paid out of the merchant's released money.")
+    merchant_owes: Money = Field(description="Unprotected part left as the merchant's debt to you.")
+    retained: Money
+    computation: dict
+    reason: str | None
+    requested_at: datetime
+    approved_at: datetime | None
+    due_on: date | None
+    paid_at: datetime | None
+
+    @classmethod
+    def of(cls, r) -> "RefundOut":  # type: ignore[no-untyped-def]
+        return cls(
+            id=r.id,
+            card_id=r.card_id,
+            consumer_id=r.consumer_id,
+            cause=r.cause,
+            status=r.status,
+            amount=Money(amount=r.amount),
+            from_custody=Money(amount=r.from_custody),
+            set_off=Money(amount=r.set_off),
+            merchant_owes=Money(amount=r.merchant_owes),
+            retained=Money(amount=r.retained),
+            computation=r.computation,
+            reason=r.reason,
+            requested_at=r.requested_at,
+            approved_at=r.approved_at,
+            due_on=r.due_on,
+            paid_at=r.paid_at,
+        )
