@@ -74,6 +74,7 @@ ROUTES: list[ControllerRouterHandler] = [
     card_endpoints.get_card,
     card_endpoints.card_history,
     card_endpoints.escrow_account_totals,
+    card_endpoints.list_unapplied_deposits,
     consumption_endpoints.record_consumption,
     consumption_endpoints.list_consumptions,
     consumption_endpoints.get_consumption,

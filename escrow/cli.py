@@ -193,6 +193,46 @@ def cmd_bench_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_flow(args: argparse.Namespace) -> int:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from escrow.cards import bench
+    from escrow.ledger.bench import machine
+
+    sizes = {
+        "consumers": args.consumers,
+        "sessions": args.sessions,
+        "merchants": args.merchants,
+        "concurrency": args.concurrency,
+    }
+    if args.url:
+        if not args.regulator_token:
+            print("--url needs --regulator-token (see `escrow admin create-token`)", file=sys.stderr)
+            return 2
+        where = f"the server at {args.url}"
+        result = asyncio.run(bench.run(args.url, args.regulator_token, **sizes))
+    else:
+        where = f"`escrow serve` with {args.workers} worker(s) on a scratch database"
+
+        async def work(engine: AsyncEngine):
+            regulator = await bench.regulator_token(engine)
+            async with bench.server(get_settings().database_url, args.workers) as (url, pid):
+                return await bench.run(url, regulator, server_pid=pid, **sizes)
+
+        result = _run_with_bench_database(work, pool_size=2)
+    print(f"flow benchmark on {machine()}, against {where}")
+    print(
+        f"{args.consumers} consumers at {args.merchants} merchants, {args.sessions} sessions each,"
+        f" {args.concurrency} requests in flight"
+    )
+    print(bench.table(result))
+    print(bench.summary(result))
+    if result.errors:
+        print(bench.errors(result), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run_with_bench_database(work, *, pool_size: int) -> object:
     """Benchmarks write into a scratch database next to the configured one, dropped afterwards."""
     import asyncpg
@@ -269,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ledger.add_argument("--seconds", type=float, default=10, help="duration of each scenario (default 10)")
     bench_ledger.add_argument("--batch", type=int, default=500, help="entries per call in the batch scenario")
     bench_ledger.set_defaults(func=cmd_bench_ledger)
+    bench_flow = bench_commands.add_parser(
+        "flow", help="sale, deposit, consumptions and confirmations over HTTP: requests/s and latency per step"
+    )
+    bench_flow.add_argument("--url", help="a running server (default: start `escrow serve` on a scratch database)")
+    bench_flow.add_argument("--regulator-token", help="a regulator token of the server at --url")
+    bench_flow.add_argument("--consumers", type=int, default=1000, help="consumers, one card each (default 1000)")
+    bench_flow.add_argument("--sessions", type=int, default=5, help="consumptions per card, 1-60 (default 5)")
+    bench_flow.add_argument("--merchants", type=int, default=8, help="merchants (escrow accounts) to spread over")
+    bench_flow.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    bench_flow.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes of the server it starts"
+    )
+    bench_flow.set_defaults(func=cmd_bench_flow)
     return parser
 
 

@@ -57,9 +57,7 @@ async def check_invariants(engine, session: AsyncSession, card_id: str) -> None:
     report = await verify_database(engine)
     assert report.ok, [c for c in report.checks if not c.ok]
     row = (
-        await session.execute(
-            text("SELECT price, released, refunded, consumed FROM cards WHERE id = :id"), {"id": card_id}
-        )
+        await session.execute(text("SELECT price, released, refunded FROM cards WHERE id = :id"), {"id": card_id})
     ).one()
     balances = (
         await session.execute(
@@ -72,8 +70,8 @@ async def check_invariants(engine, session: AsyncSession, card_id: str) -> None:
             {"id": card_id},
         )
     ).scalar()
-    price, released, refunded, consumed = row
-    assert price == released + refunded + int(balances) + (consumed - released)
+    price, released, refunded = row
+    assert price == released + refunded + int(balances)  # the posted balances still include what is only held
 
 
 class TestGymSessionsCard:
@@ -261,4 +259,287 @@ class TestGymSessionsCard:
             "release",
             "refund",
         ]
+        await check_invariants(engine, session, card_id)
+
+
+async def onboard_old_merchant(client: httpx.AsyncClient, regulator: str, name: str, rating: str, category: str):
+    """A merchant in business since 2015 (past the full-custody first year), moved to the ratio model."""
+    from tests.parties import Merchant, new_uscc
+
+    response = await client.post(
+        "/v1/merchants",
+        json={
+            "name": name,
+            "category": category,
+            "uscc": new_uscc(),
+            "credit_rating": rating,
+            "settlement_account": "6222 0212 3456 7890 123",
+            "opened_on": "2015-03-01",
+        },
+        headers={**bearer(regulator), **key()},
+    )
+    assert response.status_code == 201, response.text
+    merchant = Merchant(response.json()["merchant"]["id"], response.json()["token"])
+    moved = await client.post(
+        f"/v1/merchants/{merchant.id}/custody-model",
+        json={"model": "ratio", "reason": "rating A for three years"},
+        headers={**bearer(regulator), **key()},
+    )
+    assert moved.status_code == 200 and moved.json()["custody_model"] == "ratio", moved.text
+    return merchant
+
+
+async def refund_at_quote(client: httpx.AsyncClient, consumer: str, card_id: str, cause: str = "consumer") -> dict:
+    quote = await client.get(f"/v1/cards/{card_id}/refund-quote?cause={cause}", headers=bearer(consumer))
+    assert quote.status_code == 200, quote.text
+    refund = await client.post(
+        f"/v1/cards/{card_id}/refunds",
+        json={"cause": cause, "expected_amount": quote.json()["amount"]},
+        headers={**bearer(consumer), **key()},
+    )
+    assert refund.status_code == 201, refund.text
+    return {"quote": quote.json(), **refund.json()}
+
+
+async def record(client: httpx.AsyncClient, merchant, card_id: str, **body) -> dict:
+    response = await client.post(
+        f"/v1/cards/{card_id}/consumptions", json=body, headers={**bearer(merchant.token), **key()}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def confirm(client: httpx.AsyncClient, consumer: str, consumption: dict) -> None:
+    response = await client.post(f"/v1/consumptions/{consumption['id']}/confirm", headers={**bearer(consumer), **key()})
+    assert response.status_code == 200, response.text
+
+
+class TestStoredValueCardWithGiftedCredit:
+    async def test_gift_is_not_money_when_the_consumer_ends_the_card(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine
+    ) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "SALB")
+        salon = await onboard_merchant(client, regulator, "Jade Salon", category="salon")
+        account = await open_escrow_account(client, salon, bank)
+        consumer_id, consumer = await consumer_token(client, salon, "13900000002")
+        # pay 1,000 yuan, get 1,200 yuan to spend
+        plan = await create_plan(client, salon, kind="stored_value", price=1000 * YUAN, face_value=1200 * YUAN)
+        card_id = await sell_and_pay(client, salon, bank, plan["id"], consumer_id)
+        detail = await card(client, consumer, card_id)
+        assert detail["units_total"] == 120000 and amounts(detail)["value_remaining"] == 100000
+
+        # a 300-yuan haircut (face value) is worth 250 yuan of the money paid
+        haircut = await record(client, salon, card_id, face_value={"amount": 300 * YUAN, "currency": "CNY"})
+        assert haircut["value"]["amount"] == 25000
+        await confirm(client, consumer, haircut)
+        detail = await card(client, consumer, card_id)
+        assert detail["units_remaining"] == 90000
+        assert amounts(detail) == {
+            "value_remaining": 75000,
+            "protected": 75000,
+            "unprotected": 0,
+            "pending": 0,
+            "released": 25000,
+            "refunded": 0,
+        }
+        # spending more face value than is left is refused
+        too_much = await client.post(
+            f"/v1/cards/{card_id}/consumptions",
+            json={"face_value": {"amount": 90001, "currency": "CNY"}},
+            headers={**bearer(salon.token), **key()},
+        )
+        assert too_much.status_code == 409 and too_much.json()["code"] == "exceeds_remaining"
+
+        # the consumer ends the card: 1,000 - 300 spent = 700 yuan back; the gifted 50 yuan used is not money
+        refund = await refund_at_quote(client, consumer, card_id)
+        assert refund["quote"]["rule"].startswith("prepayment less face value spent")
+        assert refund["amount"]["amount"] == 70000 and refund["retained"]["amount"] == 5000
+        assert refund["from_custody"]["amount"] == 70000 and refund["due_on"] is not None
+        detail = await card(client, consumer, card_id)
+        assert amounts(detail) == {
+            "value_remaining": 0,
+            "protected": 0,
+            "unprotected": 0,
+            "pending": 0,
+            "released": 30000,
+            "refunded": 70000,
+        }
+        assert (await totals(client, regulator, account))["merchant_payable"] == 30000
+        await check_invariants(engine, session, card_id)
+
+    async def test_merchant_caused_refund_prices_delivery_at_the_discount(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine
+    ) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "SALC")
+        salon = await onboard_merchant(client, regulator, "Pearl Salon", category="salon")
+        await open_escrow_account(client, salon, bank)
+        consumer_id, consumer = await consumer_token(client, salon, "13900000003")
+        plan = await create_plan(client, salon, kind="stored_value", price=1000 * YUAN, face_value=1200 * YUAN)
+        card_id = await sell_and_pay(client, salon, bank, plan["id"], consumer_id)
+        await confirm(
+            client, consumer, await record(client, salon, card_id, face_value={"amount": 30000, "currency": "CNY"})
+        )
+
+        refund = await refund_at_quote(client, consumer, card_id, cause="merchant")
+        assert refund["status"] == "requested" and refund["amount"]["amount"] == 75000  # 1,000 - 250 delivered
+        # while the request is open the card takes no more services
+        blocked = await client.post(
+            f"/v1/cards/{card_id}/consumptions",
+            json={"face_value": {"amount": 100, "currency": "CNY"}},
+            headers={**bearer(salon.token), **key()},
+        )
+        assert blocked.status_code == 409 and blocked.json()["code"] == "refund_in_progress"
+        approved = await client.post(f"/v1/refunds/{refund['id']}/approve", headers={**bearer(regulator), **key()})
+        assert approved.status_code == 200 and approved.json()["status"] == "instructed", approved.text
+        assert amounts(await card(client, consumer, card_id))["refunded"] == 75000
+        await check_invariants(engine, session, card_id)
+
+
+class TestPeriodMembership:
+    async def test_released_day_by_day_and_refunded_pro_rata_mid_term(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine, settings: Settings
+    ) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "PERB")
+        gym = await onboard_merchant(client, regulator, "Dawn Gym")
+        account = await open_escrow_account(client, gym, bank)
+        consumer_id, consumer = await consumer_token(client, gym, "13900000004")
+        # 100 yuan for 30 days: days are worth 3.33 or 3.34 yuan, cumulatively rounded
+        plan = await create_plan(client, gym, kind="period", price=100 * YUAN, days=30, validity_days=30)
+        card_id = await sell_and_pay(client, gym, bank, plan["id"], consumer_id)
+        manual = await client.post(
+            f"/v1/cards/{card_id}/consumptions", json={"sessions": 1}, headers={**bearer(gym.token), **key()}
+        )
+        assert manual.status_code == 409 and manual.json()["code"] == "invalid_state"
+
+        # ten days later: the job releases days 1..10, ⌊10000·10/30⌋ = 3,333 fen
+        await session.execute(
+            text(
+                "UPDATE cards SET starts_on = starts_on - 10, valid_until = valid_until - 10,"
+                " paid_at = paid_at - interval '10 days' WHERE id = :id"
+            ),
+            {"id": card_id},
+        )
+        await session.commit()
+        sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        report = await run_jobs_once(sessionmaker, settings)
+        assert report["period_days_released"] == 10
+        assert (await run_jobs_once(sessionmaker, settings))["period_days_released"] == 0  # idempotent
+        detail = await card(client, consumer, card_id)
+        assert detail["units_remaining"] == 20
+        assert amounts(detail) == {
+            "value_remaining": 6667,
+            "protected": 6667,
+            "unprotected": 0,
+            "pending": 0,
+            "released": 3333,
+            "refunded": 0,
+        }
+
+        # frozen for two days: those days are not released, they stay the consumer's
+        frozen = await client.post(
+            f"/v1/escrow-accounts/{account}/freeze",
+            json={"reason": "inspection"},
+            headers={**bearer(regulator), **key()},
+        )
+        assert frozen.status_code == 200
+        await session.execute(
+            text("UPDATE cards SET starts_on = starts_on - 2, valid_until = valid_until - 2 WHERE id = :id"),
+            {"id": card_id},
+        )
+        await session.commit()
+        report = await run_jobs_once(sessionmaker, settings)
+        assert report["period_days_skipped_frozen"] == 2 and report["period_days_released"] == 0
+        await client.post(f"/v1/escrow-accounts/{account}/unfreeze", headers={**bearer(regulator), **key()})
+
+        # refund mid-term: pro rata to the 18 days not delivered plus the 2 frozen days
+        refund = await refund_at_quote(client, consumer, card_id)
+        assert refund["quote"]["rule"].startswith("pro rata")
+        assert refund["amount"]["amount"] == 6667 and refund["retained"]["amount"] == 0
+        detail = await card(client, consumer, card_id)
+        assert detail["status"] == "refunded" and amounts(detail)["refunded"] == 6667
+        await check_invariants(engine, session, card_id)
+
+    async def test_last_day_closes_the_card_to_the_fen(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine, settings: Settings
+    ) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "PERC")
+        gym = await onboard_merchant(client, regulator, "Dusk Gym")
+        await open_escrow_account(client, gym, bank)
+        consumer_id, consumer = await consumer_token(client, gym, "13900000005")
+        plan = await create_plan(client, gym, kind="period", price=99999, days=7, validity_days=7)
+        card_id = await sell_and_pay(client, gym, bank, plan["id"], consumer_id)
+        sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        for day in range(1, 8):
+            await session.execute(
+                text("UPDATE cards SET starts_on = starts_on - 1, valid_until = valid_until - 1 WHERE id = :id"),
+                {"id": card_id},
+            )
+            await session.commit()
+            assert (await run_jobs_once(sessionmaker, settings))["period_days_released"] == 1, day
+        detail = await card(client, consumer, card_id)
+        assert detail["status"] == "exhausted" and detail["units_remaining"] == 0
+        assert amounts(detail)["released"] == 99999 and amounts(detail)["value_remaining"] == 0
+        await check_invariants(engine, session, card_id)
+
+
+class TestCardUnderFortyPercentCustody:
+    async def test_custody_holds_forty_percent_and_the_rest_is_set_off_or_owed(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine
+    ) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "RATB")
+        gym = await onboard_old_merchant(client, regulator, "Old Oak Gym", "A", "gym")
+        account = await open_escrow_account(client, gym, bank)
+        consumer_id, consumer = await consumer_token(client, gym, "13900000006")
+        plan = await create_plan(client, gym, kind="sessions", sessions=10, price=3000 * YUAN)
+        card_id = await sell_and_pay(client, gym, bank, plan["id"], consumer_id)
+        detail = await card(client, consumer, card_id)
+        assert detail["custody_ratio_bp"] == 4000
+        assert amounts(detail) == {
+            "value_remaining": 300000,
+            "protected": 120000,
+            "unprotected": 180000,
+            "pending": 0,
+            "released": 0,
+            "refunded": 0,
+        }
+        # only the custodied part is in the bank
+        assert (await totals(client, regulator, account))["custody_cash"] == 120000
+
+        # 3 sessions of 300 yuan: 40 % of each leaves custody for the merchant, 60 % discharges its obligation
+        for _ in range(3):
+            await confirm(client, consumer, await record(client, gym, card_id, sessions=1))
+        detail = await card(client, consumer, card_id)
+        assert amounts(detail) == {
+            "value_remaining": 210000,
+            "protected": 84000,
+            "unprotected": 126000,
+            "pending": 0,
+            "released": 90000,
+            "refunded": 0,
+        }
+        assert (await totals(client, regulator, account))["merchant_payable"] == 36000
+
+        # refund of 2,100 yuan: 840 from custody, 360 set off from the unpaid payable, 900 still owed by the gym
+        refund = await refund_at_quote(client, consumer, card_id)
+        assert refund["amount"]["amount"] == 210000
+        assert refund["from_custody"]["amount"] == 84000
+        assert refund["set_off"]["amount"] == 36000
+        assert refund["merchant_owes"]["amount"] == 90000
+        assert await totals(client, regulator, account) == {
+            "custody_cash": 120000,
+            "cards_protected": 0,
+            "cards_unprotected": 0,
+            "merchant_payable": 0,
+            "refund_payable": 120000,
+            "payouts_in_flight": 0,
+            "cards_active": 0,
+            "cards_awaiting_payment": 0,
+        }
+        [instruction] = (await client.get("/v1/instructions?status=pending", auth=bank.auth)).json()["items"]
+        assert instruction["amount"]["amount"] == 120000 and instruction["kind"] == "refund"
         await check_invariants(engine, session, card_id)

@@ -58,7 +58,8 @@ class TestSealAndVerify:
         assert report.ok, report
         assert report.sealed_entries == 20 and report.unsealed_entries == 0
         assert set(report.chain_heads) == set(BOOKS)
-        assert all(check.checked > 0 for check in report.checks)
+        # (ledger rows only: the cards check has no cards to look at here)
+        assert all(check.checked > 0 for check in report.checks if check.name != "cards_conserve_value")
 
     async def test_sealing_is_incremental_and_idempotent(self, session: AsyncSession, engine: AsyncEngine) -> None:
         await populate(session)

@@ -13,6 +13,7 @@ from escrow.cards.schemas import (
     HistoryLine,
     PaymentDetails,
     PendingService,
+    UnappliedDepositOut,
 )
 from escrow.consumptions.service import pending_on
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
@@ -211,3 +212,28 @@ async def escrow_account_totals(
     return AccountTotals(
         escrow_account_id=escrow_account_id, **{k: Money(amount=v) for k, v in totals.items()}, **counts
     )
+
+
+@get(
+    "/v1/unapplied-deposits",
+    guards=[requires("regulator", "bank", own=("bank",))],
+    tags=TAGS,
+    summary="Deposits reported but not applied (unknown reference, wrong amount, card already paid), newest first",
+    responses=problem_responses(401, 403, 422),
+)
+async def list_unapplied_deposits(
+    db_session: DbSession, principal: PrincipalDep, limit: FromQuery[int] = 100
+) -> list[UnappliedDepositOut]:
+    rows = await service.unapplied_deposits(db_session, principal, check_limit(limit))
+    return [
+        UnappliedDepositOut(
+            bank_id=r.bank_id,
+            bank_transaction_id=r.bank_transaction_id,
+            payment_reference=r.payment_reference,
+            amount=Money(amount=r.amount),
+            reason=r.reason,
+            detail=r.detail,
+            received_at=r.received_at,
+        )
+        for r in rows
+    ]

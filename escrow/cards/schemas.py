@@ -93,3 +93,13 @@ class AccountTotals(BaseModel):
     payouts_in_flight: Money
     cards_active: int
     cards_awaiting_payment: int
+
+
+class UnappliedDepositOut(BaseModel):
+    bank_id: str
+    bank_transaction_id: str
+    payment_reference: str
+    amount: Money
+    reason: str
+    detail: str
+    received_at: datetime

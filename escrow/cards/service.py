@@ -162,11 +162,12 @@ async def sell(
     check_sales_open(merchant, account)
     rules.check(settings, merchant.category, plan)
     if merchant.category == "gym":
-        prepaid = await session.scalar(
+        prepaid_total = await session.scalar(
             select(func.coalesce(func.sum(Card.price - Card.consumed - Card.refunded), 0)).where(
                 Card.merchant_id == merchant.id, Card.consumer_id == data.consumer_id, Card.status.in_(LIVE_STATES)
             )
         )
+        prepaid = int(prepaid_total or 0)  # sum() of bigint is numeric
         if prepaid + plan.price > settings.fitness_consumer_max_total:
             raise rules.PlanRuleBroken(
                 f"this consumer would hold {rules.yuan(prepaid + plan.price)} of prepaid value at this gym; "
@@ -430,3 +431,10 @@ async def account_totals(session: AsyncSession, principal: Principal, escrow_acc
     totals["cards_active"] = counts.get("active", 0)
     totals["cards_awaiting_payment"] = counts.get("awaiting_payment", 0)
     return totals
+
+
+async def unapplied_deposits(session: AsyncSession, principal: Principal, limit: int) -> list[UnappliedDeposit]:
+    query = select(UnappliedDeposit).order_by(UnappliedDeposit.received_at.desc()).limit(limit)
+    if principal.role == "bank":
+        query = query.where(UnappliedDeposit.bank_id == principal.id)
+    return list(await session.scalars(query))

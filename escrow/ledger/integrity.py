@@ -256,7 +256,31 @@ async def verify(session: AsyncSession) -> VerifyReport:
         "liabilities",
     )
 
-    checks = [chain, balanced, totals, non_negative, custody]
+    # Invariant 4, tying the cards' business rows to the journal: every paid card's accounts were credited its
+    # price, and debited exactly what the card says was released to the merchant or refunded.
+    cards = Check("cards_conserve_value")
+    await _first(
+        session,
+        cards,
+        "SELECT count(*) FROM cards WHERE status <> 'awaiting_payment'",
+        "SELECT c.id, c.price, coalesce(j.paid, 0), c.released + c.refunded, coalesce(j.out, 0) FROM cards c"
+        " LEFT JOIN (SELECT a.escrow_account_id, split_part(a.code, ':', 2) AS card_id,"
+        "     sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted') AS paid,"
+        "     sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted') AS out"
+        "   FROM ledger_accounts a JOIN ledger_postings p ON p.account_id = a.id"
+        "   WHERE a.code LIKE 'card:%' OR a.code LIKE 'card_unprotected:%' GROUP BY 1, 2) j"
+        "   ON j.card_id = c.id AND j.escrow_account_id = c.escrow_account_id"
+        " WHERE c.status <> 'awaiting_payment'"
+        "   AND (coalesce(j.paid, 0) <> c.price OR coalesce(j.out, 0) <> c.released + c.refunded)"
+        " ORDER BY c.id LIMIT 1",
+        "card_id",
+        "price",
+        "credited",
+        "released_and_refunded",
+        "debited",
+    )
+
+    checks = [chain, balanced, totals, non_negative, custody, cards]
     return VerifyReport(
         ok=all(c.ok for c in checks),
         checked_at=datetime.now(UTC).isoformat(),

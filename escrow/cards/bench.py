@@ -1,0 +1,425 @@
+"""`escrow bench flow`: consumers through sale → deposit → consumptions → confirmation over HTTP, step by step.
+
+Each step is one phase: every request of the step goes out (at most ``concurrency`` at a time) before the next step
+starts, so each step gets its own requests/s and latencies. Setup (a bank, merchants with active escrow accounts and
+a plan each, consumers with tokens) goes through the API too but is not measured. Every answer that is not 2xx, and
+every transport failure, counts as an error; the caller must fail the run when there is any.
+"""
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from escrow.auth.tokens import issue_token
+from escrow.db import create_sessionmaker
+from escrow.kit.signing import BankAuth
+from escrow.kit.uscc import _organisation_check_character as organisation_check_character
+from escrow.kit.uscc import with_check_character
+
+PRICE = 200_000  # fen: a 2,000 yuan card of 20 sessions
+PLAN_SESSIONS = 20
+ERROR_SAMPLES = 5  # errors kept per step to show what went wrong
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class StepResult:
+    step: str
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> int:
+        return self.requests - self.errors
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: int) -> float:
+        if len(self.latencies_ms) < 2:
+            return self.latencies_ms[0] if self.latencies_ms else 0.0
+        return statistics.quantiles(self.latencies_ms, n=100)[q - 1]
+
+
+@dataclass
+class FlowResult:
+    steps: list[StepResult]
+    consumers: int
+    sessions: int
+    merchants: int
+    concurrency: int
+    cpu_seconds: dict[str, float]  # CPU used during the measured steps, by process group (Linux only; else empty)
+
+    @property
+    def errors(self) -> int:
+        return sum(step.errors for step in self.steps)
+
+    @property
+    def confirmed(self) -> int:
+        return self.steps[-1].succeeded
+
+    @property
+    def seconds(self) -> float:
+        return sum(step.seconds for step in self.steps)
+
+    @property
+    def confirmation_rate(self) -> float:
+        """Confirmed releases/s while only confirmations were sent."""
+        confirmation = self.steps[-1]
+        return confirmation.succeeded / confirmation.seconds if confirmation.seconds else 0.0
+
+    @property
+    def end_to_end_rate(self) -> float:
+        """Confirmed releases/s over all four steps: each release's share of its card's sale and deposit included."""
+        return self.confirmed / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Merchant:
+    id: str
+    token: str
+    plan_id: str
+
+
+@dataclass
+class Consumer:
+    merchant: Merchant
+    id: str
+    token: str
+
+
+@dataclass
+class Card:
+    consumer: Consumer
+    id: str
+    payment: dict[str, Any]
+
+
+class Api:
+    """An HTTP client that gives every request a fresh Idempotency-Key, and times and counts the measured ones."""
+
+    def __init__(self, client: httpx.AsyncClient, run: str) -> None:
+        self.client = client
+        self.run = run
+        self._requests = 0
+
+    def _headers(self, token: str | None) -> dict[str, str]:
+        self._requests += 1
+        headers = {"Idempotency-Key": f"bench-{self.run}-{self._requests}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def setup(self, path: str, body: dict | None = None, *, token: str | None = None, auth=None) -> dict:
+        """A setup request: not measured, and any failure stops the benchmark at once."""
+        response = await self.client.post(path, json=body, headers=self._headers(token), auth=auth)
+        if not response.is_success:
+            raise RuntimeError(f"setup failed: POST {path} -> {response.status_code} {response.text}")
+        return response.json()
+
+    async def measured(
+        self, step: StepResult, path: str, body: dict | None = None, *, token: str | None = None, auth=None
+    ) -> dict | None:
+        """A measured request: its latency is recorded; None (and one more error) when it did not succeed."""
+        headers = self._headers(token)
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(path, json=body, headers=headers, auth=auth)
+            failure = None if response.is_success else f"POST {path} -> {response.status_code} {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            failure = f"POST {path} -> {type(exc).__name__}: {exc}"
+        step.latencies_ms.append((time.perf_counter() - started) * 1000)
+        step.requests += 1
+        if failure is None:
+            return response.json()
+        step.errors += 1
+        if len(step.error_samples) < ERROR_SAMPLES:
+            step.error_samples.append(failure)
+        return None
+
+
+async def _each(items: Iterable[T], concurrency: int, do: Callable[[T], Awaitable[R | None]]) -> list[R]:
+    """Run ``do`` on every item, ``concurrency`` at a time; the results that are not None, in completion order."""
+    pending = iter(items)  # shared by the workers: each item is taken by exactly one of them
+    results: list[R] = []
+
+    async def worker() -> None:
+        for item in pending:
+            result = await do(item)
+            if result is not None:
+                results.append(result)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+async def _phase(
+    name: str, items: Iterable[T], concurrency: int, do: Callable[[StepResult, T], Awaitable[R | None]]
+) -> tuple[StepResult, list[R]]:
+    step = StepResult(name)
+    started = time.perf_counter()
+    results = await _each(items, concurrency, lambda item: do(step, item))
+    step.seconds = time.perf_counter() - started
+    return step, results
+
+
+def _uscc(serial: int) -> str:
+    organisation = f"{serial % 10**8:08d}"
+    return with_check_character("91310000" + organisation + organisation_check_character(organisation))
+
+
+async def setup(
+    api: Api, regulator: str, merchants: int, consumers: int, plan_sessions: int, concurrency: int
+) -> tuple[BankAuth, list[Consumer]]:
+    """A bank, merchants each with an active escrow account and a sessions plan, and consumers spread over them."""
+    bank = await api.setup("/v1/banks", {"name": f"Bench bank {api.run}", "code": f"B{api.run}"[:20]}, token=regulator)
+    bank_auth = BankAuth(bank["token"], bank["signing_secret"], bank["bank"]["signing_algorithm"])
+    serial = secrets.randbelow(10**8)  # fresh USCCs and phone numbers, so runs against one server don't collide
+
+    async def onboard(index: int) -> Merchant:
+        created = await api.setup(
+            "/v1/merchants",
+            {
+                "name": f"Bench gym {api.run}-{index}",
+                "category": "gym",
+                "uscc": _uscc(serial + index),
+                "credit_rating": "B",
+                "settlement_account": "6222 0212 3456 7890 123",
+            },
+            token=regulator,
+        )
+        token = created["token"]
+        account = await api.setup("/v1/escrow-accounts", {"bank_id": bank["bank"]["id"]}, token=token)
+        await api.setup(
+            f"/v1/escrow-accounts/{account['id']}/activate",
+            {"bank_account_number": "3301 0400 0123 4567 89"},
+            auth=bank_auth,
+        )
+        plan = await api.setup(
+            "/v1/plans",
+            {
+                "name": f"{plan_sessions} sessions",
+                "kind": "sessions",
+                "price": {"amount": PRICE, "currency": "CNY"},
+                "sessions": plan_sessions,
+                "validity_days": 365,
+            },
+            token=token,
+        )
+        return Merchant(created["merchant"]["id"], token, plan["id"])
+
+    shops = await _each(range(merchants), concurrency, onboard)
+
+    async def sign_up(index: int) -> Consumer:
+        merchant = shops[index % len(shops)]
+        phone = f"139{(serial + index) % 10**8:08d}"
+        consumer = await api.setup("/v1/consumers", {"phone": phone}, token=merchant.token)
+        code = await api.setup(f"/v1/consumers/{consumer['id']}/codes", token=merchant.token)
+        signed_in = await api.setup("/v1/consumer-tokens", {"phone": phone, "code": code["code"]})
+        return Consumer(merchant, consumer["id"], signed_in["token"])
+
+    return bank_auth, await _each(range(consumers), concurrency, sign_up)
+
+
+async def run(
+    url: str,
+    regulator: str,
+    *,
+    consumers: int,
+    sessions: int,
+    merchants: int,
+    concurrency: int,
+    server_pid: int | None = None,
+) -> FlowResult:
+    """Set up through the API, then measure the four steps one after the other."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        api = Api(client, secrets.token_hex(4).upper())
+        plan_sessions = max(PLAN_SESSIONS, sessions)
+        bank, people = await setup(api, regulator, merchants, consumers, plan_sessions, concurrency)
+
+        async def sell(step: StepResult, consumer: Consumer) -> Card | None:
+            body = {"plan_id": consumer.merchant.plan_id, "consumer_id": consumer.id}
+            sold = await api.measured(step, "/v1/cards", body, token=consumer.merchant.token)
+            return Card(consumer, sold["card"]["id"], sold["payment"]) if sold else None
+
+        async def deposit(step: StepResult, card: Card) -> Card | None:
+            body = {
+                "payment_reference": card.payment["payment_reference"],
+                "amount": card.payment["amount"],
+                "bank_transaction_id": f"BENCH-{api.run}-{card.id}",
+            }
+            return card if await api.measured(step, "/v1/deposits", body, auth=bank) else None
+
+        async def consume(step: StepResult, card: Card) -> tuple[Card, str] | None:
+            path = f"/v1/cards/{card.id}/consumptions"
+            recorded = await api.measured(step, path, {"sessions": 1}, token=card.consumer.merchant.token)
+            return (card, recorded["id"]) if recorded else None
+
+        async def confirm(step: StepResult, consumption: tuple[Card, str]) -> None:
+            card, consumption_id = consumption
+            await api.measured(step, f"/v1/consumptions/{consumption_id}/confirm", token=card.consumer.token)
+
+        before = cpu_seconds(server_pid)
+        sales, sold = await _phase("sale", people, concurrency, sell)
+        deposits, paid = await _phase("deposit", sold, concurrency, deposit)
+        # Round by round over all cards, so concurrent requests touch different cards, as different gyms' desks do.
+        rounds = [card for _ in range(sessions) for card in paid]
+        consumptions, recorded = await _phase("consumption", rounds, concurrency, consume)
+        confirmations, _ = await _phase("confirmation", recorded, concurrency, confirm)
+        after = cpu_seconds(server_pid)
+
+    used = {group: after[group] - before.get(group, 0.0) for group in after}
+    steps = [sales, deposits, consumptions, confirmations]
+    return FlowResult(steps, consumers, sessions, merchants, concurrency, used)
+
+
+def table(result: FlowResult) -> str:
+    lines = ["| step | requests | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for step in result.steps:
+        lines.append(
+            f"| {step.step} | {step.requests} | {step.rate:,.0f} | {step.percentile(50):.1f} |"
+            f" {step.percentile(99):.1f} | {step.errors} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(result: FlowResult) -> str:
+    lines = [
+        f"confirmed releases/s end to end: {result.end_to_end_rate:,.0f} overall"
+        f" ({result.confirmed} confirmed in {result.seconds:.1f} s of sale, deposit, consumption and confirmation),"
+        f" {result.confirmation_rate:,.0f} during the confirmation step"
+    ]
+    if result.cpu_seconds:
+        available = (os.cpu_count() or 1) * result.seconds
+        used = ", ".join(f"{group} {seconds:.1f} s" for group, seconds in result.cpu_seconds.items())
+        lines.append(f"CPU used during the measured steps ({available:.1f} CPU-seconds available): {used}")
+    return "\n".join(lines)
+
+
+def errors(result: FlowResult) -> str:
+    lines = [f"{result.errors} requests failed"]
+    for step in result.steps:
+        lines.extend(f"  {step.step}: {sample}" for sample in step.error_samples)
+    return "\n".join(lines)
+
+
+# --- CPU accounting (Linux /proc; empty elsewhere) -------------------------------------------------------------------
+
+
+def cpu_seconds(server_pid: int | None) -> dict[str, float]:
+    """User + system CPU seconds so far of this process, the server's process tree and the PostgreSQL processes."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    processes: dict[int, tuple[int, str, float]] = {}  # pid -> (parent pid, command name, CPU seconds)
+    try:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = (entry / "stat").read_text()
+                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    processes[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
+    except OSError:
+        return {}
+    if not processes:
+        return {}
+
+    def descends_from(pid: int, ancestor: int) -> bool:
+        while pid > 1:
+            if pid == ancestor:
+                return True
+            pid = processes.get(pid, (0, "", 0.0))[0]
+        return False
+
+    groups = {"bench client": processes.get(os.getpid(), (0, "", 0.0))[2]}
+    if server_pid is not None:
+        groups["server"] = sum(cpu for pid, (_, _, cpu) in processes.items() if descends_from(pid, server_pid))
+    groups["PostgreSQL"] = sum(cpu for _, name, cpu in processes.values() if name == "postgres")
+    return groups
+
+
+# --- a server of our own ---------------------------------------------------------------------------------------------
+
+
+async def regulator_token(engine: AsyncEngine) -> str:
+    async with create_sessionmaker(engine)() as session:
+        _, secret = await issue_token(session, "regulator", "bench")
+        await session.commit()
+    return secret
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def server(database_url: str, workers: int) -> AsyncIterator[tuple[str, int]]:
+    """`escrow serve` on ``database_url`` and a free port, without background jobs; yields its URL and pid."""
+    port = _free_port()
+    env = {
+        **os.environ,  # other ESCROW_* settings (pool size, for one) pass through
+        "ESCROW_DATABASE_URL": database_url,
+        "ESCROW_HOST": "127.0.0.1",
+        "ESCROW_PORT": str(port),
+        "ESCROW_WORKERS": str(workers),
+        "ESCROW_SECRET_KEY": secrets.token_urlsafe(32),
+        "ESCROW_JOBS_INTERVAL_SECONDS": "0",
+        "ESCROW_SEAL_INTERVAL_SECONDS": "0",
+        "ESCROW_LOG_LEVEL": "WARNING",
+    }
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "escrow", "serve", env=env, stdout=log, stderr=log
+        )
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-4000:]
+
+        try:
+            await _wait_until_ready(process, url, output)
+            yield url, process.pid
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    await asyncio.wait_for(process.wait(), 30)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def _wait_until_ready(process: asyncio.subprocess.Process, url: str, output: Callable[[], str]) -> None:
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(base_url=url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise RuntimeError(f"escrow serve exited with {process.returncode}:\n{output()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"escrow serve was not ready within 60 s:\n{output()}")
