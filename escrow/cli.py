@@ -216,8 +216,9 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
 
         async def work(engine: AsyncEngine):
             regulator = await bench.regulator_token(engine)
+            database = engine.url.database
             async with bench.server(get_settings().database_url, args.workers) as (url, pid):
-                return await bench.run(url, regulator, server_pid=pid, **sizes)
+                return await bench.run(url, regulator, server_pid=pid, database=database, **sizes)
 
         result = _run_with_bench_database(work, pool_size=2)
     print(f"flow benchmark on {machine()}, against {where}")
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_flow.add_argument("--url", help="a running server (default: start `escrow serve` on a scratch database)")
     bench_flow.add_argument("--regulator-token", help="a regulator token of the server at --url")
-    bench_flow.add_argument("--consumers", type=int, default=1000, help="consumers, one card each (default 1000)")
+    bench_flow.add_argument("--consumers", type=int, default=500, help="consumers, one card each (default 500)")
     bench_flow.add_argument("--sessions", type=int, default=5, help="consumptions per card, 1-60 (default 5)")
     bench_flow.add_argument("--merchants", type=int, default=8, help="merchants (escrow accounts) to spread over")
     bench_flow.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")

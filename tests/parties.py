@@ -64,15 +64,24 @@ async def onboard_bank(client: httpx.AsyncClient, regulator: str, code: str, alg
     return Bank(body["bank"]["id"], body["token"], body["signing_secret"], algorithm)
 
 
-async def onboard_merchant(client: httpx.AsyncClient, regulator: str, name: str, category: str = "gym") -> Merchant:
+async def onboard_merchant(
+    client: httpx.AsyncClient,
+    regulator: str,
+    name: str,
+    category: str = "gym",
+    *,
+    rating: str = "B",
+    opened_on: str | None = None,
+) -> Merchant:
     response = await client.post(
         "/v1/merchants",
         json={
             "name": name,
             "category": category,
             "uscc": new_uscc(),
-            "credit_rating": "B",
+            "credit_rating": rating,
             "settlement_account": "6222 0212 3456 7890 123",
+            **({"opened_on": opened_on} if opened_on else {}),
         },
         headers={**bearer(regulator), **key()},
     )
@@ -148,3 +157,44 @@ async def sell_and_pay(
     )
     assert paid.status_code == 200, paid.text
     return sold.json()["card"]["id"]
+
+
+# --- cards under the ratio model, and balances as the API shows them ------------------------------------------
+
+
+async def onboard_ratio_merchant(
+    client: httpx.AsyncClient,
+    regulator: str,
+    name: str,
+    rating: str = "A",
+    *,
+    category: str = "other",
+    opened_on: str = "2015-01-01",
+    model: str = "ratio",
+) -> Merchant:
+    """A merchant in business since ``opened_on`` (past the full-custody first year when old enough) that the
+    regulator moved to the custody ``model``; ``onboard_merchant`` gives neither."""
+    merchant = await onboard_merchant(client, regulator, name, category, rating=rating, opened_on=opened_on)
+    if model != "full":
+        moved = await client.post(
+            f"/v1/merchants/{merchant.id}/custody-model",
+            json={"model": model, "reason": "test: custody model under test"},
+            headers={**bearer(regulator), **key()},
+        )
+        assert moved.status_code == 200 and moved.json()["custody_model"] == model, moved.text
+    return merchant
+
+
+async def card_detail(client: httpx.AsyncClient, token: str, card_id: str) -> dict:
+    response = await client.get(f"/v1/cards/{card_id}", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def account_totals(client: httpx.AsyncClient, token: str, escrow_account_id: str) -> dict[str, int]:
+    """GET /v1/escrow-accounts/{id}/totals with money flattened to fen."""
+    response = await client.get(f"/v1/escrow-accounts/{escrow_account_id}/totals", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    return {
+        k: (v["amount"] if isinstance(v, dict) else v) for k, v in response.json().items() if k != "escrow_account_id"
+    }

@@ -1,7 +1,7 @@
 """Every route, every role, own or another's object: each answers exactly as the README's table says."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -16,13 +16,17 @@ from escrow.config import Settings
 from escrow.kit.signing import sign_headers
 from tests.parties import (
     Bank,
+    Merchant,
+    bank_transaction_id,
     bearer,
+    create_plan,
     key,
     new_uscc,
     onboard_bank,
     onboard_merchant,
     open_escrow_account,
     regulator_token,
+    sell_and_pay,
 )
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -58,12 +62,78 @@ class World:
     own: dict[str, dict[str, str]]  # role -> path parameter -> the caller's own object
     other: dict[str, str]  # path parameter -> an object of someone else
     merchant_token: str
+    consumer_token: str
+    unpaid_card: dict[str, object]  # payment reference and amount of an own card awaiting payment
+    # route -> path parameters replacing the caller's own ones there, so that each state-changing route first meets
+    # an object in the state it acts on (an open dispute to resolve, a card with no service pending to refund)
+    own_by_route: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def own_for(self, role: str, path: str) -> dict[str, str]:
+        return {**self.own[role], **self.own_by_route.get(path, {})}
 
 
 async def spare(session: AsyncSession, role: str, principal_id: str) -> str:
     token, _ = await issue_token(session, role, "spare", principal_id=principal_id)
     await session.commit()
     return token.id
+
+
+async def record_service(client: httpx.AsyncClient, merchant: Merchant, card_id: str) -> str:
+    """One session used on a sessions card: the service record, pending the consumer's confirmation."""
+    recorded = await client.post(
+        f"/v1/cards/{card_id}/consumptions", json={"sessions": 1}, headers={**bearer(merchant.token), **key()}
+    )
+    assert recorded.status_code == 201, recorded.text
+    return recorded.json()["id"]
+
+
+async def confirm_service(client: httpx.AsyncClient, consumer: str, consumption_id: str) -> None:
+    confirmed = await client.post(f"/v1/consumptions/{consumption_id}/confirm", headers={**bearer(consumer), **key()})
+    assert confirmed.status_code == 200, confirmed.text
+
+
+async def payout_instruction(client: httpx.AsyncClient, merchant: Merchant, card_id: str, consumer: str) -> str:
+    """A session delivered and confirmed, then paid out: the bank's payout instruction."""
+    await confirm_service(client, consumer, await record_service(client, merchant, card_id))
+    run = await client.post("/v1/payout-runs", json={}, headers={**bearer(merchant.token), **key()})
+    assert run.status_code == 201 and len(run.json()["instructions"]) == 1, run.text
+    return run.json()["instructions"][0]["id"]
+
+
+async def merchant_caused_refund(
+    client: httpx.AsyncClient, merchant: Merchant, bank: Bank, plan_id: str, consumer_id: str, consumer: str
+) -> str:
+    """A refund the consumer says the merchant caused, waiting for approval (a session was delivered first, or the
+    cooling-off rule would approve it at once)."""
+    card_id = await sell_and_pay(client, merchant, bank, plan_id, consumer_id)
+    await confirm_service(client, consumer, await record_service(client, merchant, card_id))
+    quote = await client.get(
+        f"/v1/cards/{card_id}/refund-quote", params={"cause": "merchant"}, headers=bearer(consumer)
+    )
+    assert quote.status_code == 200, quote.text
+    refund = await client.post(
+        f"/v1/cards/{card_id}/refunds",
+        json={"cause": "merchant", "expected_amount": quote.json()["amount"], "reason": "classes cancelled"},
+        headers={**bearer(consumer), **key()},
+    )
+    assert refund.status_code == 201 and refund.json()["status"] == "requested", refund.text
+    return refund.json()["id"]
+
+
+async def cards_of(
+    client: httpx.AsyncClient, merchant: Merchant, bank: Bank, consumer_id: str, consumer: str
+) -> dict[str, str]:
+    """A party's objects of issue 5: a plan, a card with a service awaiting confirmation, a payout instruction and
+    a refund awaiting approval."""
+    plan_id = (await create_plan(client, merchant, kind="sessions", sessions=10, price=10_000))["id"]
+    card_id = await sell_and_pay(client, merchant, bank, plan_id, consumer_id)
+    return {
+        "plan_id": plan_id,
+        "card_id": card_id,
+        "instruction_id": await payout_instruction(client, merchant, card_id, consumer),
+        "consumption_id": await record_service(client, merchant, card_id),
+        "refund_id": await merchant_caused_refund(client, merchant, bank, plan_id, consumer_id, consumer),
+    }
 
 
 @pytest.fixture
@@ -83,7 +153,35 @@ async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
         return consumer_id, secret
 
     consumer_id, consumer_secret = await consumer(merchant, "13800000001")
-    other_consumer_id, _ = await consumer(other_merchant, "13800000002")
+    other_consumer_id, other_consumer_secret = await consumer(other_merchant, "13800000002")
+    cards = await cards_of(client, merchant, bank, consumer_id, consumer_secret)
+    other_cards = await cards_of(client, other_merchant, other_bank, other_consumer_id, other_consumer_secret)
+    # Routes that change an object get one of their own where an earlier route would have changed it first (the
+    # matrix runs in path order: confirm before dispute, approve before reject, executed before failed), or
+    # where the object must be in a particular state (a card with no service pending, for a refund).
+    plan_id, card_id = cards["plan_id"], cards["card_id"]
+    disputed = await record_service(client, merchant, card_id)
+    own_by_route = {
+        "/v1/cards/{card_id}/refunds": {"card_id": await sell_and_pay(client, merchant, bank, plan_id, consumer_id)},
+        "/v1/consumptions/{consumption_id}/dispute": {"consumption_id": disputed},
+        "/v1/consumptions/{consumption_id}/resolve": {"consumption_id": disputed},
+        "/v1/refunds/{refund_id}/reject": {
+            "refund_id": await merchant_caused_refund(client, merchant, bank, plan_id, consumer_id, consumer_secret)
+        },
+        "/v1/instructions/{instruction_id}/failed": {
+            "instruction_id": await payout_instruction(client, merchant, card_id, consumer_secret)
+        },
+        # the regulator suspends another merchant, so the own one can still define plans on the later routes
+        "/v1/merchants/{merchant_id}/status": {
+            "merchant_id": (await onboard_merchant(client, regulator, "Suspended Gym")).id
+        },
+    }
+    unpaid = await client.post(
+        "/v1/cards",
+        json={"plan_id": plan_id, "consumer_id": consumer_id},
+        headers={**bearer(merchant.token), **key()},
+    )
+    assert unpaid.status_code == 201, unpaid.text
     me = {}
     for role, token in (("regulator", regulator), ("merchant", merchant.token), ("consumer", consumer_secret)):
         me[role] = (await client.get("/v1/me", headers=bearer(token))).json()
@@ -100,6 +198,7 @@ async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
         "merchant_id": merchant.id,
         "consumer_id": consumer_id,
         "escrow_account_id": account,
+        **cards,
     }
     own = {role: {**own_objects, "token_id": callers[role].spare_token_id} for role in ROLES}
     other_token = await spare(session, "merchant", other_merchant.id)
@@ -109,11 +208,14 @@ async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
         "consumer_id": other_consumer_id,
         "escrow_account_id": other_account,
         "token_id": other_token,
+        **other_cards,
     }
-    return World(callers, own, other, merchant.token)
+    return World(callers, own, other, merchant.token, consumer_secret, unpaid.json()["payment"], own_by_route)
 
 
-async def body_for(client: httpx.AsyncClient, world: World, method: str, path: str) -> dict | None:
+async def body_for(
+    client: httpx.AsyncClient, world: World, method: str, path: str, params: dict[str, str]
+) -> dict | None:
     if method != "POST":
         return None
     if path == "/v1/consumer-tokens":
@@ -122,6 +224,23 @@ async def body_for(client: httpx.AsyncClient, world: World, method: str, path: s
             f"/v1/consumers/{consumer_id}/codes", headers={**bearer(world.merchant_token), **key()}
         )
         return {"phone": "13800000001", "code": code.json()["code"]}
+    if path == "/v1/cards/{card_id}/refunds":
+        # the amount the consumer confirms is the quote's; another's card has no quote for them, any amount does
+        quote = await client.get(
+            f"/v1/cards/{params['card_id']}/refund-quote",
+            params={"cause": "consumer"},
+            headers=bearer(world.consumer_token),
+        )
+        amount = quote.json()["amount"] if quote.status_code == 200 else {"amount": 1, "currency": "CNY"}
+        return {"cause": "consumer", "expected_amount": amount, "reason": "matrix"}
+    if path == "/v1/deposits":
+        return {
+            "payment_reference": world.unpaid_card["payment_reference"],
+            "amount": world.unpaid_card["amount"],
+            "bank_transaction_id": bank_transaction_id(),
+        }
+    if path == "/v1/instructions/{instruction_id}/executed":
+        return {"bank_transaction_id": bank_transaction_id()}
     return {
         "/v1/banks": {"name": "New Bank", "code": f"NB{time.monotonic_ns() % 10**8}"},
         "/v1/merchants": {
@@ -138,6 +257,21 @@ async def body_for(client: httpx.AsyncClient, world: World, method: str, path: s
         "/v1/escrow-accounts/{escrow_account_id}/freeze": {"reason": "matrix"},
         "/v1/consumers": {"phone": "13800000009"},
         "/v1/tokens": {"name": "another regulator"},
+        "/v1/merchants/{merchant_id}/custody-model": {"model": "ratio", "reason": "matrix"},
+        "/v1/plans": {
+            "name": "matrix plan",
+            "kind": "sessions",
+            "price": {"amount": 10_000, "currency": "CNY"},
+            "sessions": 10,
+            "validity_days": 365,
+        },
+        "/v1/cards": {"plan_id": world.own["merchant"]["plan_id"], "consumer_id": world.own["merchant"]["consumer_id"]},
+        "/v1/cards/{card_id}/consumptions": {"sessions": 1},
+        "/v1/consumptions/{consumption_id}/dispute": {"reason": "matrix"},
+        "/v1/consumptions/{consumption_id}/resolve": {"outcome": "void", "note": "matrix"},
+        "/v1/refunds/{refund_id}/reject": {"reason": "matrix"},
+        "/v1/instructions/{instruction_id}/failed": {"reason": "matrix"},
+        "/v1/payout-runs": {},
     }.get(path, {})
 
 
@@ -150,7 +284,7 @@ def fill(path: str, params: dict[str, str]) -> str:
 async def call(
     client: httpx.AsyncClient, world: World, caller: Caller | None, method: str, path: str, params: dict[str, str]
 ) -> httpx.Response:
-    body = await body_for(client, world, method, path)
+    body = await body_for(client, world, method, path, params)
     kwargs = caller.auth() if caller else {}
     headers = {**kwargs.pop("headers", {}), **(key() if method != "GET" else {})}
     return await client.request(method, fill(path, params), json=body, headers=headers, **kwargs)
@@ -172,7 +306,7 @@ async def test_matrix(client: httpx.AsyncClient, app: Litestar, world: World) ->
         for role in ROLES:
             caller = world.callers[role]
             expected = row.access[role]
-            own = await call(client, world, caller, row.method, row.path, world.own[role])
+            own = await call(client, world, caller, row.method, row.path, world.own_for(role, row.path))
             other = await call(client, world, caller, row.method, row.path, world.other)
             if expected == REFUSED:
                 checks = [("own", own, {403}), ("other", other, {403})]

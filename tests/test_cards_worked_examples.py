@@ -12,12 +12,15 @@ from escrow.jobs import run_jobs_once
 from escrow.kit.clock import utcnow
 from escrow.ledger.integrity import verify_database
 from tests.parties import (
+    account_totals,
     bearer,
+    card_detail,
     consumer_token,
     create_plan,
     key,
     onboard_bank,
     onboard_merchant,
+    onboard_ratio_merchant,
     open_escrow_account,
     regulator_token,
     sell_and_pay,
@@ -29,20 +32,6 @@ YUAN = 100  # fen
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"payout_hour": None})  # payouts on demand: each example runs its own
-
-
-async def card(client: httpx.AsyncClient, token: str, card_id: str) -> dict:
-    response = await client.get(f"/v1/cards/{card_id}", headers=bearer(token))
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def totals(client: httpx.AsyncClient, token: str, account: str) -> dict[str, int]:
-    response = await client.get(f"/v1/escrow-accounts/{account}/totals", headers=bearer(token))
-    assert response.status_code == 200, response.text
-    return {
-        k: (v["amount"] if isinstance(v, dict) else v) for k, v in response.json().items() if k != "escrow_account_id"
-    }
 
 
 def amounts(detail: dict) -> dict[str, int]:
@@ -88,7 +77,7 @@ class TestGymSessionsCard:
         )
 
         card_id = await sell_and_pay(client, gym, bank, plan["id"], consumer_id)
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["status"] == "active" and detail["units_remaining"] == 20
         assert amounts(detail) == {
             "value_remaining": 200000,
@@ -98,7 +87,7 @@ class TestGymSessionsCard:
             "released": 0,
             "refunded": 0,
         }
-        assert await totals(client, regulator, account) == {
+        assert await account_totals(client, regulator, account) == {
             "custody_cash": 200000,
             "cards_protected": 200000,
             "cards_unprotected": 0,
@@ -115,12 +104,12 @@ class TestGymSessionsCard:
         )
         assert s1.status_code == 201, s1.text
         assert s1.json()["value"]["amount"] == 10000
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["pending"]["amount"] == 10000 and detail["value_remaining"]["amount"] == 200000
         assert detail["units_remaining"] == 19 and len(detail["pending_services"]) == 1
         ok = await client.post(f"/v1/consumptions/{s1.json()['id']}/confirm", headers={**bearer(consumer), **key()})
         assert ok.status_code == 200 and ok.json()["status"] == "confirmed", ok.text
-        assert amounts(await card(client, consumer, card_id)) == {
+        assert amounts(await card_detail(client, consumer, card_id)) == {
             "value_remaining": 190000,
             "protected": 190000,
             "unprotected": 0,
@@ -128,7 +117,7 @@ class TestGymSessionsCard:
             "released": 10000,
             "refunded": 0,
         }
-        assert (await totals(client, regulator, account))["merchant_payable"] == 10000
+        assert (await account_totals(client, regulator, account))["merchant_payable"] == 10000
 
         # session 2: confirms itself when the window passes
         s2 = await client.post(
@@ -143,7 +132,7 @@ class TestGymSessionsCard:
         assert (await client.get(f"/v1/consumptions/{s2.json()['id']}", headers=bearer(consumer))).json()[
             "resolved_by"
         ] == "auto"
-        assert amounts(await card(client, consumer, card_id))["released"] == 20000
+        assert amounts(await card_detail(client, consumer, card_id))["released"] == 20000
 
         # session 3: disputed, then voided by the merchant: the value returns to the card
         s3 = await client.post(
@@ -163,7 +152,7 @@ class TestGymSessionsCard:
             headers={**bearer(gym.token), **key()},
         )
         assert voided.status_code == 200 and voided.json()["status"] == "voided", voided.text
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["units_remaining"] == 18
         assert amounts(detail) == {
             "value_remaining": 180000,
@@ -179,7 +168,7 @@ class TestGymSessionsCard:
         assert run.status_code == 201, run.text
         [instruction] = run.json()["instructions"]
         assert instruction["amount"]["amount"] == 20000 and instruction["kind"] == "payout"
-        assert (await totals(client, regulator, account))["payouts_in_flight"] == 20000
+        assert (await account_totals(client, regulator, account))["payouts_in_flight"] == 20000
         pending = await client.get("/v1/instructions?status=pending", auth=bank.auth)
         assert [i["id"] for i in pending.json()["items"]] == [instruction["id"]]
         done = await client.post(
@@ -189,7 +178,7 @@ class TestGymSessionsCard:
             auth=bank.auth,
         )
         assert done.status_code == 200 and done.json()["status"] == "executed", done.text
-        assert await totals(client, regulator, account) == {
+        assert await account_totals(client, regulator, account) == {
             "custody_cash": 180000,
             "cards_protected": 180000,
             "cards_unprotected": 0,
@@ -216,7 +205,7 @@ class TestGymSessionsCard:
         )
         assert refund.status_code == 201, refund.text
         assert refund.json()["status"] == "instructed" and refund.json()["from_custody"]["amount"] == 170000
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["status"] == "refunded"
         assert amounts(detail) == {
             "value_remaining": 0,
@@ -226,7 +215,7 @@ class TestGymSessionsCard:
             "released": 30000,
             "refunded": 170000,
         }
-        assert await totals(client, regulator, account) == {
+        assert await account_totals(client, regulator, account) == {
             "custody_cash": 180000,
             "cards_protected": 0,
             "cards_unprotected": 0,
@@ -246,7 +235,7 @@ class TestGymSessionsCard:
         assert paid.status_code == 200
         got = await client.get(f"/v1/refunds/{refund.json()['id']}", headers=bearer(consumer))
         assert got.json()["status"] == "paid"
-        assert (await totals(client, regulator, account))["custody_cash"] == 10000
+        assert (await account_totals(client, regulator, account))["custody_cash"] == 10000
         history = (await client.get(f"/v1/cards/{card_id}/history", headers=bearer(consumer))).json()["items"]
         assert [h["event"] for h in reversed(history)] == [
             "card_paid",
@@ -260,33 +249,6 @@ class TestGymSessionsCard:
             "refund",
         ]
         await check_invariants(engine, session, card_id)
-
-
-async def onboard_old_merchant(client: httpx.AsyncClient, regulator: str, name: str, rating: str, category: str):
-    """A merchant in business since 2015 (past the full-custody first year), moved to the ratio model."""
-    from tests.parties import Merchant, new_uscc
-
-    response = await client.post(
-        "/v1/merchants",
-        json={
-            "name": name,
-            "category": category,
-            "uscc": new_uscc(),
-            "credit_rating": rating,
-            "settlement_account": "6222 0212 3456 7890 123",
-            "opened_on": "2015-03-01",
-        },
-        headers={**bearer(regulator), **key()},
-    )
-    assert response.status_code == 201, response.text
-    merchant = Merchant(response.json()["merchant"]["id"], response.json()["token"])
-    moved = await client.post(
-        f"/v1/merchants/{merchant.id}/custody-model",
-        json={"model": "ratio", "reason": "rating A for three years"},
-        headers={**bearer(regulator), **key()},
-    )
-    assert moved.status_code == 200 and moved.json()["custody_model"] == "ratio", moved.text
-    return merchant
 
 
 async def refund_at_quote(client: httpx.AsyncClient, consumer: str, card_id: str, cause: str = "consumer") -> dict:
@@ -326,14 +288,14 @@ class TestStoredValueCardWithGiftedCredit:
         # pay 1,000 yuan, get 1,200 yuan to spend
         plan = await create_plan(client, salon, kind="stored_value", price=1000 * YUAN, face_value=1200 * YUAN)
         card_id = await sell_and_pay(client, salon, bank, plan["id"], consumer_id)
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["units_total"] == 120000 and amounts(detail)["value_remaining"] == 100000
 
         # a 300-yuan haircut (face value) is worth 250 yuan of the money paid
         haircut = await record(client, salon, card_id, face_value={"amount": 300 * YUAN, "currency": "CNY"})
         assert haircut["value"]["amount"] == 25000
         await confirm(client, consumer, haircut)
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["units_remaining"] == 90000
         assert amounts(detail) == {
             "value_remaining": 75000,
@@ -356,7 +318,7 @@ class TestStoredValueCardWithGiftedCredit:
         assert refund["quote"]["rule"].startswith("prepayment less face value spent")
         assert refund["amount"]["amount"] == 70000 and refund["retained"]["amount"] == 5000
         assert refund["from_custody"]["amount"] == 70000 and refund["due_on"] is not None
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert amounts(detail) == {
             "value_remaining": 0,
             "protected": 0,
@@ -365,7 +327,7 @@ class TestStoredValueCardWithGiftedCredit:
             "released": 30000,
             "refunded": 70000,
         }
-        assert (await totals(client, regulator, account))["merchant_payable"] == 30000
+        assert (await account_totals(client, regulator, account))["merchant_payable"] == 30000
         await check_invariants(engine, session, card_id)
 
     async def test_merchant_caused_refund_prices_delivery_at_the_discount(
@@ -393,7 +355,7 @@ class TestStoredValueCardWithGiftedCredit:
         assert blocked.status_code == 409 and blocked.json()["code"] == "refund_in_progress"
         approved = await client.post(f"/v1/refunds/{refund['id']}/approve", headers={**bearer(regulator), **key()})
         assert approved.status_code == 200 and approved.json()["status"] == "instructed", approved.text
-        assert amounts(await card(client, consumer, card_id))["refunded"] == 75000
+        assert amounts(await card_detail(client, consumer, card_id))["refunded"] == 75000
         await check_invariants(engine, session, card_id)
 
 
@@ -427,7 +389,7 @@ class TestPeriodMembership:
         report = await run_jobs_once(sessionmaker, settings)
         assert report["period_days_released"] == 10
         assert (await run_jobs_once(sessionmaker, settings))["period_days_released"] == 0  # idempotent
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["units_remaining"] == 20
         assert amounts(detail) == {
             "value_remaining": 6667,
@@ -458,7 +420,7 @@ class TestPeriodMembership:
         refund = await refund_at_quote(client, consumer, card_id)
         assert refund["quote"]["rule"].startswith("pro rata")
         assert refund["amount"]["amount"] == 6667 and refund["retained"]["amount"] == 0
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["status"] == "refunded" and amounts(detail)["refunded"] == 6667
         await check_invariants(engine, session, card_id)
 
@@ -480,7 +442,7 @@ class TestPeriodMembership:
             )
             await session.commit()
             assert (await run_jobs_once(sessionmaker, settings))["period_days_released"] == 1, day
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["status"] == "exhausted" and detail["units_remaining"] == 0
         assert amounts(detail)["released"] == 99999 and amounts(detail)["value_remaining"] == 0
         await check_invariants(engine, session, card_id)
@@ -492,12 +454,12 @@ class TestCardUnderFortyPercentCustody:
     ) -> None:
         regulator = await regulator_token(session)
         bank = await onboard_bank(client, regulator, "RATB")
-        gym = await onboard_old_merchant(client, regulator, "Old Oak Gym", "A", "gym")
+        gym = await onboard_ratio_merchant(client, regulator, "Old Oak Gym", "A", category="gym")
         account = await open_escrow_account(client, gym, bank)
         consumer_id, consumer = await consumer_token(client, gym, "13900000006")
         plan = await create_plan(client, gym, kind="sessions", sessions=10, price=3000 * YUAN)
         card_id = await sell_and_pay(client, gym, bank, plan["id"], consumer_id)
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert detail["custody_ratio_bp"] == 4000
         assert amounts(detail) == {
             "value_remaining": 300000,
@@ -508,12 +470,12 @@ class TestCardUnderFortyPercentCustody:
             "refunded": 0,
         }
         # only the custodied part is in the bank
-        assert (await totals(client, regulator, account))["custody_cash"] == 120000
+        assert (await account_totals(client, regulator, account))["custody_cash"] == 120000
 
         # 3 sessions of 300 yuan: 40 % of each leaves custody for the merchant, 60 % discharges its obligation
         for _ in range(3):
             await confirm(client, consumer, await record(client, gym, card_id, sessions=1))
-        detail = await card(client, consumer, card_id)
+        detail = await card_detail(client, consumer, card_id)
         assert amounts(detail) == {
             "value_remaining": 210000,
             "protected": 84000,
@@ -522,7 +484,7 @@ class TestCardUnderFortyPercentCustody:
             "released": 90000,
             "refunded": 0,
         }
-        assert (await totals(client, regulator, account))["merchant_payable"] == 36000
+        assert (await account_totals(client, regulator, account))["merchant_payable"] == 36000
 
         # refund of 2,100 yuan: 840 from custody, 360 set off from the unpaid payable, 900 still owed by the gym
         refund = await refund_at_quote(client, consumer, card_id)
@@ -530,7 +492,7 @@ class TestCardUnderFortyPercentCustody:
         assert refund["from_custody"]["amount"] == 84000
         assert refund["set_off"]["amount"] == 36000
         assert refund["merchant_owes"]["amount"] == 90000
-        assert await totals(client, regulator, account) == {
+        assert await account_totals(client, regulator, account) == {
             "custody_cash": 120000,
             "cards_protected": 0,
             "cards_unprotected": 0,

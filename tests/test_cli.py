@@ -43,6 +43,26 @@ class TestAdminCommand:
         assert secret not in stored and stored.hint.startswith("esk_reg_")
 
 
+class TestBenchFlowCommand:
+    def test_tiny_run_goes_through_every_step_over_http(self, db_url: str) -> None:
+        result = escrow(
+            db_url,
+            *("bench", "flow", "--consumers", "4", "--sessions", "2", "--merchants", "2"),
+            *("--concurrency", "4", "--workers", "1"),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "| step | requests | req/s | p50 ms | p99 ms | errors |" in result.stdout
+        rows = {
+            cells[0]: cells[1:]
+            for line in result.stdout.splitlines()
+            if line.startswith("| ") and (cells := [cell.strip() for cell in line.strip("|").split("|")])
+        }
+        for step, requests in {"sale": "4", "deposit": "4", "consumption": "8", "confirmation": "8"}.items():
+            assert rows[step][0] == requests and rows[step][-1] == "0", (step, rows[step])
+        assert "confirmed releases/s end to end" in result.stdout and "(8 confirmed in" in result.stdout
+        assert "1 worker(s)" in result.stdout
+
+
 class TestHelp:
     def test_every_command_has_help(self) -> None:
         for command in (
@@ -55,6 +75,7 @@ class TestHelp:
             ["verify", "--help"],
             ["admin", "create-token", "--help"],
             ["bench", "ledger", "--help"],
+            ["bench", "flow", "--help"],
         ):
             result = subprocess.run([sys.executable, "-m", "escrow", *command], capture_output=True, text=True)
             assert result.returncode == 0 and "usage: escrow" in result.stdout, command

@@ -68,7 +68,7 @@ class FlowResult:
     sessions: int
     merchants: int
     concurrency: int
-    cpu_seconds: dict[str, float]  # CPU used during the measured steps, by process group (Linux only; else empty)
+    cpu_seconds: dict[str, float]  # used during the measured steps, by process group (Linux only; else empty)
 
     @property
     def errors(self) -> int:
@@ -250,9 +250,12 @@ async def run(
     merchants: int,
     concurrency: int,
     server_pid: int | None = None,
+    database: str | None = None,
 ) -> FlowResult:
     """Set up through the API, then measure the four steps one after the other."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections are dropped after 2 s, before the server (uvicorn: 5 s) closes them: else a request can go out
+    # on a connection the server is closing at that moment, and fail with a ReadError the service did not cause.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         api = Api(client, secrets.token_hex(4).upper())
         plan_sessions = max(PLAN_SESSIONS, sessions)
@@ -280,16 +283,18 @@ async def run(
             card, consumption_id = consumption
             await api.measured(step, f"/v1/consumptions/{consumption_id}/confirm", token=card.consumer.token)
 
-        before = cpu_seconds(server_pid)
+        before = cpu_seconds(server_pid, database)
         sales, sold = await _phase("sale", people, concurrency, sell)
         deposits, paid = await _phase("deposit", sold, concurrency, deposit)
         # Round by round over all cards, so concurrent requests touch different cards, as different gyms' desks do.
         rounds = [card for _ in range(sessions) for card in paid]
         consumptions, recorded = await _phase("consumption", rounds, concurrency, consume)
         confirmations, _ = await _phase("confirmation", recorded, concurrency, confirm)
-        after = cpu_seconds(server_pid)
+        after = cpu_seconds(server_pid, database)
 
-    used = {group: after[group] - before.get(group, 0.0) for group in after}
+    used = {group: after[group] - before[group] for group in after if group in before}
+    if used:  # the machine's total, less what is accounted for above
+        used["everything else"] = max(0.0, used.pop("machine") - sum(used.values()))
     steps = [sales, deposits, consumptions, confirmations]
     return FlowResult(steps, consumers, sessions, merchants, concurrency, used)
 
@@ -313,7 +318,7 @@ def summary(result: FlowResult) -> str:
     if result.cpu_seconds:
         available = (os.cpu_count() or 1) * result.seconds
         used = ", ".join(f"{group} {seconds:.1f} s" for group, seconds in result.cpu_seconds.items())
-        lines.append(f"CPU used during the measured steps ({available:.1f} CPU-seconds available): {used}")
+        lines.append(f"CPU seconds used during the measured steps, of {available:.1f} available: {used}")
     return "\n".join(lines)
 
 
@@ -327,34 +332,47 @@ def errors(result: FlowResult) -> str:
 # --- CPU accounting (Linux /proc; empty elsewhere) -------------------------------------------------------------------
 
 
-def cpu_seconds(server_pid: int | None) -> dict[str, float]:
-    """User + system CPU seconds so far of this process, the server's process tree and the PostgreSQL processes."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    processes: dict[int, tuple[int, str, float]] = {}  # pid -> (parent pid, command name, CPU seconds)
+def cpu_seconds(server_pid: int | None, database: str | None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process, the server's process tree, the PostgreSQL server that
+    holds ``database``, and the whole machine (so that what anything else used shows too).
+
+    A tree counts its exited processes too (in their parents' children-times), so connections that come and go
+    during a run are not lost.
+    """
     try:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError):
-                    stat = (entry / "stat").read_text()
-                    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-                    fields = stat[stat.rindex(")") + 2 :].split()
-                    processes[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
-    except OSError:
+        ticks = os.sysconf("SC_CLK_TCK")
+        # user nice system idle iowait irq softirq steal: all but idle and iowait is busy
+        jiffies = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        entries = [entry for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    except (OSError, AttributeError, ValueError):  # no /proc, or no sysconf: not Linux
         return {}
-    if not processes:
-        return {}
+    processes: dict[int, tuple[int, float, str]] = {}  # pid -> (parent pid, CPU seconds, command line)
+    for entry in entries:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            fields = [int(n) for n in stat[stat.rindex(")") + 2 :].split()[1:15]]  # ppid ... cstime
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            # utime + stime + cutime + cstime: the children's times are added once the process has waited for them
+            processes[int(entry.name)] = (fields[0], sum(fields[10:14]) / ticks, command)
 
-    def descends_from(pid: int, ancestor: int) -> bool:
-        while pid > 1:
-            if pid == ancestor:
-                return True
-            pid = processes.get(pid, (0, "", 0.0))[0]
-        return False
+    def tree(root: int) -> float:
+        def descends(pid: int) -> bool:
+            while pid > 1 and pid != root:
+                pid = processes.get(pid, (0, 0.0, ""))[0]
+            return pid == root
 
-    groups = {"bench client": processes.get(os.getpid(), (0, "", 0.0))[2]}
+        return sum(cpu for pid, (_, cpu, _) in processes.items() if descends(pid))
+
+    groups = {"bench client": processes.get(os.getpid(), (0, 0.0, ""))[1]}
     if server_pid is not None:
-        groups["server"] = sum(cpu for pid, (_, _, cpu) in processes.items() if descends_from(pid, server_pid))
-    groups["PostgreSQL"] = sum(cpu for _, name, cpu in processes.values() if name == "postgres")
+        groups["server"] = tree(server_pid)
+    # A backend's command line reads "postgres: user database host state"; its parent is the postmaster.
+    backends = [
+        parent for parent, _, line in processes.values() if line.startswith("postgres: ") and f" {database} " in line
+    ]
+    if database is not None and backends:
+        groups["PostgreSQL"] = tree(backends[0])
+    groups["machine"] = (sum(jiffies) - jiffies[3] - jiffies[4]) / ticks
     return groups
 
 
@@ -402,6 +420,9 @@ async def server(database_url: str, workers: int) -> AsyncIterator[tuple[str, in
         try:
             await _wait_until_ready(process, url, output)
             yield url, process.pid
+        except Exception:
+            print(f"escrow serve's output:\n{output()}", file=sys.stderr)
+            raise
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGINT)

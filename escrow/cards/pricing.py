@@ -5,7 +5,9 @@ Rules, all in integer fen:
   already taken for units, so the last unit closes the card exactly, whatever was voided in between.
 - The custodied share of everything that left the card is ``⌈out·r/10000⌉`` for a ratio of r basis points,
   rounded *up* so custody never holds less than its ratio; a movement's custodied part is that cumulative share
-  minus what was already taken from custody, kept within what each part still holds.
+  minus what was already taken from custody, kept within what each part still holds. A voided service gives
+  back the custodied part it was held with, so after voids the card's custody can sit a fen or two below its
+  share until its next movement, which takes the share again; no fen is ever lost or created.
 - Period memberships: day k of D is worth ``⌊P·k/D⌋ - ⌊P·(k-1)/D⌋``.
 """
 

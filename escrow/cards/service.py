@@ -115,10 +115,10 @@ async def _visible(session: AsyncSession, principal: Principal, card: Card) -> b
 
 
 async def get(session: AsyncSession, principal: Principal, card_id: str, *, for_update: bool = False) -> Card:
-    card = await (lock(session, card_id) if for_update else session.get(Card, card_id))
+    card = await session.get(Card, card_id)
     if card is None or not await _visible(session, principal, card):
         raise NotFound(f"no card {card_id}")
-    return card
+    return await lock(session, card_id) if for_update else card  # others' cards are never locked
 
 
 def check_sales_open(merchant: Merchant, account: EscrowAccount) -> None:

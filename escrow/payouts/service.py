@@ -105,10 +105,13 @@ def _visible(principal: Principal, account: EscrowAccount) -> bool:
 
 
 async def get(session: AsyncSession, principal: Principal, instruction_id: str, *, lock: bool = False) -> Instruction:
-    instruction = await session.get(Instruction, instruction_id, with_for_update=lock, populate_existing=lock)
+    instruction = await session.get(Instruction, instruction_id)
     account = await session.get(EscrowAccount, instruction.escrow_account_id) if instruction else None
     if instruction is None or account is None or not _visible(principal, account):
         raise NotFound(f"no instruction {instruction_id}")
+    if lock:  # only once it is known to be the caller's
+        instruction = await session.get(Instruction, instruction_id, with_for_update=True, populate_existing=True)
+        assert instruction is not None
     return instruction
 
 
