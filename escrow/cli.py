@@ -40,6 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers or settings.workers,
         access_log=False,  # our own access line carries the request id
         log_level=settings.log_level.lower(),
+        # Longer than common clients' idle timeout (httpx: 5 s), so a client doesn't send a request on a
+        # connection the server is just closing; such a request fails and must be retried (same Idempotency-Key).
+        timeout_keep_alive=30,
     )
     return 0
 

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from escrow import ledger
+from escrow.auth.requests import forget_old_nonces
 from escrow.config import Settings
 from escrow.consumptions import service as consumptions
 from escrow.kit.clock import business_date, utcnow
@@ -85,12 +86,16 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     async def reinstruct(session: AsyncSession) -> int:
         return await payouts.reinstruct_refunds(session, limit)
 
+    async def nonces(session: AsyncSession) -> int:
+        return await forget_old_nonces(session)  # all at once (a second batch finds none)
+
     for name, job in (
         ("services_auto_confirmed", confirm),
         ("period_cards", period),
         ("expired_cards", expiry),
         ("holds_expired", holds),
         ("refunds_reinstructed", reinstruct),
+        ("bank_nonces_forgotten", nonces),
     ):
         try:
             report[name] = await _batches(sessionmaker, limit, job)

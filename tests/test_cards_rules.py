@@ -510,3 +510,23 @@ class TestVerify:
         report = await verify_database(engine)
         [failed] = [c for c in report.checks if not c.ok]
         assert failed.name == "cards_conserve_value" and failed.first_failure["card_id"] == card_id
+
+
+class TestJobs:
+    async def test_old_bank_nonces_are_forgotten_by_the_jobs(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine, settings: Settings
+    ) -> None:
+        w = await world(client, session)
+        await client.get("/v1/escrow-accounts", auth=w.bank.auth)  # a recent nonce
+        await session.execute(
+            text(
+                "INSERT INTO bank_nonces (bank_id, nonce, seen_at)"
+                " VALUES (:bank, 'old-nonce-0123456789', now() - interval '11 minutes')"
+            ),
+            {"bank": w.bank.id},
+        )
+        await session.commit()
+        report = await run_jobs_once(async_sessionmaker(engine, expire_on_commit=False), settings)
+        assert report["bank_nonces_forgotten"] == 1
+        left = (await session.execute(text("SELECT nonce FROM bank_nonces"))).scalars().all()
+        assert len(left) >= 1 and "old-nonce-0123456789" not in left

@@ -69,17 +69,18 @@ async def authenticate_request(session: AsyncSession, scope: Scope, receive: Rec
 async def _remember_nonce(state: Any, bank_id: str, nonce: str) -> None:
     """Record the nonce in a transaction of its own, so a request that fails still burns it."""
     async with state.sessionmaker() as nonces, nonces.begin():
-        await nonces.execute(
-            delete(BankNonce).where(
-                BankNonce.bank_id == bank_id,
-                BankNonce.seen_at < select(_horizon()).scalar_subquery(),
-            )
-        )
         inserted = await nonces.execute(
             insert(BankNonce).values(bank_id=bank_id, nonce=nonce).on_conflict_do_nothing().returning(BankNonce.nonce)
         )
         if inserted.first() is None:
             raise ReplayedNonce("This nonce was already used; sign every request with a new one.")
+
+
+async def forget_old_nonces(session: AsyncSession) -> int:
+    """Drop nonces older than twice the clock-skew window (a background job): a request that old is refused by
+    its timestamp anyway, so its nonce need not be remembered. Returns how many were dropped."""
+    result = await session.execute(delete(BankNonce).where(BankNonce.seen_at < select(_horizon()).scalar_subquery()))
+    return result.rowcount or 0
 
 
 def _horizon() -> Any:
