@@ -12,7 +12,7 @@ from sqlalchemy import select
 from escrow.auth.guards import requires
 from escrow.deps import DbSession
 from escrow.errors import FieldInvalid, problem_responses
-from escrow.kit.pagination import Page, check_limit, decode_cursor, encode_cursor
+from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
 from escrow.models import AuditRecord
 
 
@@ -68,5 +68,4 @@ async def list_audit(
             raise FieldInvalid("cursor", "is not a cursor this service issued")
         query = query.where(AuditRecord.id < int(before))
     rows = list(await db_session.scalars(query))
-    next_cursor = encode_cursor(str(rows[limit - 1].id)) if len(rows) > limit else None
-    return Page[AuditOut](items=[AuditOut.model_validate(r) for r in rows[:limit]], next_cursor=next_cursor)
+    return page_of(rows, limit, AuditOut.model_validate, lambda r: r.id)

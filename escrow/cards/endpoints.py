@@ -19,7 +19,7 @@ from escrow.consumptions.service import pending_on
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import FieldInvalid, problem_responses
 from escrow.kit.money import Money
-from escrow.kit.pagination import Page, check_limit, decode_cursor, encode_cursor
+from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
 from escrow.models import Card
 
 TAGS = ["cards"]
@@ -90,8 +90,7 @@ async def _page(db_session, principal, status, merchant_id, cursor, limit) -> Pa
     rows = await service.list_visible(
         db_session, principal, status=status, merchant_id=merchant_id, after=decode_cursor(cursor), limit=limit
     )
-    items = [card_out(c) for c in rows[:limit]]
-    return Page(items=items, next_cursor=encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
+    return page_of(rows, limit, card_out, lambda c: c.id)
 
 
 @get(
@@ -182,8 +181,9 @@ async def card_history(
     if raw is not None and not raw.isdigit():
         raise FieldInvalid("cursor", "is not a cursor this service issued")
     items = await service.history(db_session, card, before=int(raw) if raw else None, limit=limit + 1)
-    lines = [
-        HistoryLine(
+
+    def line(i: service.HistoryItem) -> HistoryLine:
+        return HistoryLine(
             entry_id=i.entry_id,
             occurred_at=i.occurred_at,
             event=i.event,
@@ -191,10 +191,8 @@ async def card_history(
             protected=Money(amount=i.protected),
             refs=i.refs,
         )
-        for i in items[:limit]
-    ]
-    next_cursor = encode_cursor(str(items[limit - 1].entry_id)) if len(items) > limit else None
-    return Page(items=lines, next_cursor=next_cursor)
+
+    return page_of(items, limit, line, lambda i: i.entry_id)
 
 
 @get(

@@ -101,7 +101,8 @@ async def lock(session: AsyncSession, card_id: str) -> Card:
     return card
 
 
-async def _visible(session: AsyncSession, principal: Principal, card: Card) -> bool:
+async def visible(session: AsyncSession, principal: Principal, card: Card) -> bool:
+    """Whether the card is the caller's to see (others' cards are answered 404)."""
     if principal.role == "regulator":
         return True
     if principal.role == "merchant":
@@ -116,7 +117,7 @@ async def _visible(session: AsyncSession, principal: Principal, card: Card) -> b
 
 async def get(session: AsyncSession, principal: Principal, card_id: str, *, for_update: bool = False) -> Card:
     card = await session.get(Card, card_id)
-    if card is None or not await _visible(session, principal, card):
+    if card is None or not await visible(session, principal, card):
         raise NotFound(f"no card {card_id}")
     return await lock(session, card_id) if for_update else card  # others' cards are never locked
 

@@ -41,7 +41,7 @@ class RefundInProgress(Conflict):
 
 async def _visible(session: AsyncSession, principal: Principal, consumption: Consumption) -> bool:
     card = await session.get(Card, consumption.card_id)
-    return card is not None and await cards._visible(session, principal, card)
+    return card is not None and await cards.visible(session, principal, card)
 
 
 async def get(session: AsyncSession, principal: Principal, consumption_id: str) -> Consumption:

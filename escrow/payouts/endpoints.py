@@ -4,7 +4,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, PrincipalDep
 from escrow.errors import problem_responses
-from escrow.kit.pagination import Page, check_limit, decode_cursor, encode_cursor
+from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
 from escrow.payouts import service
 from escrow.payouts.schemas import Executed, Failed, InstructionOut, PayoutRun, PayoutRunRequest
 
@@ -41,8 +41,7 @@ async def list_instructions(
 ) -> Page[InstructionOut]:
     limit = check_limit(limit)
     rows = await service.list_visible(db_session, principal, status=status, after=decode_cursor(cursor), limit=limit)
-    next_cursor = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
-    return Page(items=[InstructionOut.of(i) for i in rows[:limit]], next_cursor=next_cursor)
+    return page_of(rows, limit, InstructionOut.of, lambda i: i.id)
 
 
 @get(

@@ -137,6 +137,14 @@ async def request(
             f"the refund is now {computed.amount} fen, not {expected_amount}: confirm the new amount",
             quote=computed.as_dict(),
         )
+    refund = await _new_refund(session, card, computed, reason)
+    if computed.cause != "merchant":  # the consumer's own right: no one else's approval needed
+        await _approve(session, settings, card, refund, principal.id, now)
+    return refund
+
+
+async def _new_refund(session: AsyncSession, card: Card, computed: Quote, reason: str | None) -> Refund:
+    """A ``requested`` refund of the quoted amount; how it is paid (custody, set-off, claim) is settled on approval."""
     refund = Refund(
         id=new_id("rfd"),
         card_id=card.id,
@@ -154,8 +162,6 @@ async def request(
     )
     session.add(refund)
     await session.flush()
-    if computed.cause != "merchant":  # the consumer's own right: no one else's approval needed
-        await _approve(session, settings, card, refund, principal.id, now)
     return refund
 
 
@@ -229,7 +235,7 @@ async def get(session: AsyncSession, principal: Principal, refund_id: str) -> Re
     if refund is None:
         raise NotFound(f"no refund {refund_id}")
     card = await session.get(Card, refund.card_id)
-    if card is None or not await cards._visible(session, principal, card):
+    if card is None or not await cards.visible(session, principal, card):
         raise NotFound(f"no refund {refund_id}")
     return refund
 
@@ -306,23 +312,7 @@ async def handle_expired_cards(session: AsyncSession, settings: Settings, now: d
         plan = await session.get(Plan, card.plan_id)
         assert plan is not None
         computed = compute_quote(settings, card, plan, "expiry", now)
-        refund = Refund(
-            id=new_id("rfd"),
-            card_id=card.id,
-            escrow_account_id=card.escrow_account_id,
-            consumer_id=card.consumer_id,
-            cause="expiry",
-            status="requested",
-            amount=computed.amount,
-            from_custody=0,
-            set_off=0,
-            merchant_owes=computed.amount,
-            retained=computed.retained,
-            computation=computed.as_dict(),
-            reason="card expired with value left",
-        )
-        session.add(refund)
-        await session.flush()
+        refund = await _new_refund(session, card, computed, "card expired with value left")
         await _approve(session, settings, card, refund, "system:expiry", now)
         refunded += 1
     return extended, refunded
