@@ -75,7 +75,9 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
         return outcome.cards
 
     async def expiry(session: AsyncSession) -> int:
-        extended, refunded = await refunds.handle_expired_cards(session, settings, now, limit)
+        # one card per transaction: a refund takes the escrow account's payable lock, which must not be held
+        # while waiting for another card's row (a consumer's refund of that card may be waiting for it)
+        extended, refunded = await refunds.handle_expired_cards(session, settings, now, 1)
         report["cards_extended"] = (report.get("cards_extended") or 0) + extended
         report["cards_refunded_at_expiry"] = (report.get("cards_refunded_at_expiry") or 0) + refunded
         return extended + refunded
@@ -89,16 +91,16 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     async def nonces(session: AsyncSession) -> int:
         return await forget_old_nonces(session)  # all at once (a second batch finds none)
 
-    for name, job in (
-        ("services_auto_confirmed", confirm),
-        ("period_cards", period),
-        ("expired_cards", expiry),
-        ("holds_expired", holds),
-        ("refunds_reinstructed", reinstruct),
-        ("bank_nonces_forgotten", nonces),
+    for name, job, per_batch in (
+        ("services_auto_confirmed", confirm, limit),
+        ("period_cards", period, limit),
+        ("expired_cards", expiry, 1),
+        ("holds_expired", holds, limit),
+        ("refunds_reinstructed", reinstruct, limit),
+        ("bank_nonces_forgotten", nonces, limit),
     ):
         try:
-            report[name] = await _batches(sessionmaker, limit, job)
+            report[name] = await _batches(sessionmaker, per_batch, job)
         except Exception:
             log.exception("job_failed", job=name)
             report[name] = None

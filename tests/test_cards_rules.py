@@ -530,3 +530,139 @@ class TestJobs:
         assert report["bank_nonces_forgotten"] == 1
         left = (await session.execute(text("SELECT nonce FROM bank_nonces"))).scalars().all()
         assert len(left) >= 1 and "old-nonce-0123456789" not in left
+
+
+class TestReviewFindings:
+    """Cases a second review found; each pinned here."""
+
+    async def test_an_open_request_on_one_expired_card_does_not_stop_the_others(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine, settings: Settings
+    ) -> None:
+        w = await world(client, session)
+        plan = await create_plan(client, w.merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+        waiting = await sell_and_pay(client, w.merchant, w.bank, plan["id"], w.consumer_id)
+        other = await sell_and_pay(client, w.merchant, w.bank, plan["id"], w.consumer_id)
+        await session.execute(text("UPDATE cards SET paid_at = paid_at - interval '8 days'"))
+        await session.commit()
+        quote = (
+            await client.get(f"/v1/cards/{waiting}/refund-quote?cause=merchant", headers=bearer(w.consumer))
+        ).json()
+        requested = await client.post(
+            f"/v1/cards/{waiting}/refunds",
+            json={"cause": "merchant", "expected_amount": quote["amount"]},
+            headers={**bearer(w.consumer), **key()},
+        )
+        assert requested.json()["status"] == "requested"
+        await session.execute(text("UPDATE cards SET valid_until = current_date - 1"))
+        await session.commit()
+        report = await run_jobs_once(async_sessionmaker(engine, expire_on_commit=False), settings)
+        assert report["cards_refunded_at_expiry"] == 1
+        statuses = {
+            c: (await client.get(f"/v1/cards/{c}", headers=bearer(w.consumer))).json()["status"]
+            for c in (waiting, other)
+        }
+        assert statuses == {waiting: "active", other: "expired_refunded"}
+
+    async def test_membership_refund_approved_later_pays_what_was_requested(
+        self, client: httpx.AsyncClient, session: AsyncSession, engine, settings: Settings
+    ) -> None:
+        w = await world(client, session)
+        plan = await create_plan(client, w.merchant, kind="period", days=30, price=3000 * YUAN, validity_days=30)
+        card_id = await sell_and_pay(client, w.merchant, w.bank, plan["id"], w.consumer_id)
+        await session.execute(
+            text("UPDATE cards SET starts_on = starts_on - 10, paid_at = paid_at - interval '10 days' WHERE id = :id"),
+            {"id": card_id},
+        )
+        await session.commit()
+        quote = (
+            await client.get(f"/v1/cards/{card_id}/refund-quote?cause=merchant", headers=bearer(w.consumer))
+        ).json()
+        assert quote["amount"]["amount"] == 200000
+        requested = await client.post(
+            f"/v1/cards/{card_id}/refunds",
+            json={"cause": "merchant", "expected_amount": quote["amount"]},
+            headers={**bearer(w.consumer), **key()},
+        )
+        # two more days pass before the regulator decides: the jobs release nothing meanwhile
+        await session.execute(text("UPDATE cards SET starts_on = starts_on - 2 WHERE id = :id"), {"id": card_id})
+        await session.commit()
+        report = await run_jobs_once(async_sessionmaker(engine, expire_on_commit=False), settings)
+        assert report["period_days_released"] == 0
+        approved = await client.post(
+            f"/v1/refunds/{requested.json()['id']}/approve", headers={**bearer(w.regulator), **key()}
+        )
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["amount"]["amount"] == 200000
+
+    async def test_set_off_counts_what_the_refund_itself_releases(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        from tests.parties import onboard_ratio_merchant
+
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "SOFB")
+        merchant = await onboard_ratio_merchant(client, regulator, "Set-off Gym", "A", category="gym")
+        await open_escrow_account(client, merchant, bank)
+        consumer_id, consumer = await consumer_token(client, merchant, "13700000009")
+        plan = await create_plan(
+            client, merchant, kind="sessions", sessions=10, price=1000 * YUAN, list_price_per_session=150 * YUAN
+        )
+        card_id = await sell_and_pay(client, merchant, bank, plan["id"], consumer_id)
+        recorded = await client.post(
+            f"/v1/cards/{card_id}/consumptions", json={"sessions": 2}, headers={**bearer(merchant.token), **key()}
+        )
+        await client.post(f"/v1/consumptions/{recorded.json()['id']}/confirm", headers={**bearer(consumer), **key()})
+        [payout] = (await client.post("/v1/payout-runs", json={}, headers={**bearer(regulator), **key()})).json()[
+            "instructions"
+        ]
+        await client.post(
+            f"/v1/instructions/{payout['id']}/executed",
+            json={"bank_transaction_id": "P1"},
+            headers=key(),
+            auth=bank.auth,
+        )
+        quote = (await client.get(f"/v1/cards/{card_id}/refund-quote", headers=bearer(consumer))).json()
+        refund = await client.post(
+            f"/v1/cards/{card_id}/refunds",
+            json={"expected_amount": quote["amount"]},
+            headers={**bearer(consumer), **key()},
+        )
+        body = refund.json()
+        assert (body["retained"]["amount"], body["set_off"]["amount"], body["merchant_owes"]["amount"]) == (
+            10000,
+            4000,
+            38000,
+        )
+
+    async def test_one_bank_transaction_pays_one_card(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+        w = await world(client, session)
+        plan = await create_plan(client, w.merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+        first = (await sell(client, w, plan["id"]))["payment"]["payment_reference"]
+        second = (await sell(client, w, plan["id"]))["payment"]["payment_reference"]
+        assert (await deposit(client, w.bank, first, 100000, "SAMETXN1")).status_code == 200
+        again = await deposit(client, w.bank, second, 100000, "SAMETXN1")
+        assert again.status_code == 409 and again.json()["reason"] == "transaction_already_applied"
+        assert await custody(client, w) == 100000
+
+    async def test_bad_inputs_are_4xx_not_500(self, client: httpx.AsyncClient, session: AsyncSession) -> None:
+        import base64
+
+        w = await world(client, session)
+        plan = await create_plan(client, w.merchant, kind="stored_value", price=1000, face_value=1000)
+        card_id = await sell_and_pay(client, w.merchant, w.bank, plan["id"], w.consumer_id)
+        zero = await client.post(
+            f"/v1/cards/{card_id}/consumptions",
+            json={"face_value": money(0)},
+            headers={**bearer(w.merchant.token), **key()},
+        )
+        assert zero.status_code == 422 and zero.json()["errors"][0]["field"] == "face_value"
+        for raw in ("²", "9" * 30, "a\x00b"):
+            cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+            for path in (f"/v1/cards/{card_id}/history", "/v1/cards"):
+                response = await client.get(path, params={"cursor": cursor}, headers=bearer(w.regulator))
+                # history cursors are entry numbers; card cursors are ids (a digit string is merely past the end)
+                expected = {422} if "history" in path or "\x00" in raw else {200, 422}
+                assert response.status_code in expected, (path, raw, response.text)
+        for path in ("/v1/cards", "/v1/consumptions", "/v1/refunds", "/v1/instructions"):
+            response = await client.get(path, params={"status": "\x00"}, headers=bearer(w.regulator))
+            assert 400 <= response.status_code < 500, (path, response.text)

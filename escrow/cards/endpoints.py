@@ -1,3 +1,5 @@
+import re
+
 from litestar import get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -21,6 +23,7 @@ from escrow.errors import FieldInvalid, problem_responses
 from escrow.kit.money import Money
 from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
 from escrow.models import Card
+from escrow.models.card import CardStatus
 
 TAGS = ["cards"]
 EVERYONE_OWN = requires("regulator", "bank", "merchant", "consumer", own=("bank", "merchant", "consumer"))
@@ -103,7 +106,7 @@ async def _page(db_session, principal, status, merchant_id, cursor, limit) -> Pa
 async def list_cards(
     db_session: DbSession,
     principal: PrincipalDep,
-    status: FromQuery[str | None] = None,
+    status: FromQuery[CardStatus | None] = None,
     merchant_id: FromQuery[str | None] = None,
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 50,
@@ -121,7 +124,7 @@ async def list_cards(
 async def my_cards(
     db_session: DbSession,
     principal: PrincipalDep,
-    status: FromQuery[str | None] = None,
+    status: FromQuery[CardStatus | None] = None,
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 50,
 ) -> Page[CardOut]:
@@ -178,7 +181,7 @@ async def card_history(
     limit = check_limit(limit)
     card = await service.get(db_session, principal, card_id)
     raw = decode_cursor(cursor)
-    if raw is not None and not raw.isdigit():
+    if raw is not None and not re.fullmatch(r"[0-9]{1,18}", raw):
         raise FieldInvalid("cursor", "is not a cursor this service issued")
     items = await service.history(db_session, card, before=int(raw) if raw else None, limit=limit + 1)
 

@@ -165,7 +165,10 @@ async def sell(
     if merchant.category == "gym":
         prepaid_total = await session.scalar(
             select(func.coalesce(func.sum(Card.price - Card.consumed - Card.refunded), 0)).where(
-                Card.merchant_id == merchant.id, Card.consumer_id == data.consumer_id, Card.status.in_(LIVE_STATES)
+                # unpaid sales hold no money and may be abandoned: only paid, active cards count
+                Card.merchant_id == merchant.id,
+                Card.consumer_id == data.consumer_id,
+                Card.status == "active",
             )
         )
         prepaid = int(prepaid_total or 0)  # sum() of bigint is numeric
@@ -244,6 +247,17 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
         raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
     if card.deposit_transaction_id == data.bank_transaction_id:
         return card  # the same deposit reported again
+    paid_elsewhere = await session.scalar(
+        select(Card.id)
+        .join(EscrowAccount, EscrowAccount.id == Card.escrow_account_id)
+        .where(Card.deposit_transaction_id == data.bank_transaction_id, EscrowAccount.bank_id == principal.id)
+    )
+    if paid_elsewhere is not None:  # one bank transaction pays one card, never two
+        raise refuse(
+            "transaction_already_applied",
+            f"bank transaction {data.bank_transaction_id} already paid card {paid_elsewhere}",
+            409,
+        )
     if card.status != "awaiting_payment":
         raise refuse("already_paid", f"card {card.id} is {card.status}; this payment can't be applied", 409)
     if data.amount.amount != card.price:

@@ -7,6 +7,7 @@ from escrow.consumptions.schemas import ConsumptionCreate, ConsumptionOut, Dispu
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
 from escrow.kit.pagination import check_limit
+from escrow.models.card import ConsumptionStatus
 
 TAGS = ["services rendered"]
 ONE = "/v1/consumptions/{consumption_id:str}"
@@ -39,7 +40,7 @@ async def record_consumption(
 async def list_consumptions(
     db_session: DbSession,
     principal: PrincipalDep,
-    status: FromQuery[str | None] = None,
+    status: FromQuery[ConsumptionStatus | None] = None,
     card_id: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
 ) -> list[ConsumptionOut]:

@@ -78,6 +78,8 @@ async def record(
     field = "sessions" if card.kind == "sessions" else "face_value"
     if units is None:
         raise FieldInvalid(field, f"a service on a {card.kind} card gives {field}")
+    if units < 1:
+        raise FieldInvalid(field, "must be at least 1")
     now = utcnow()
     if card.valid_until is not None and business_date(now, settings.business_timezone) > card.valid_until:
         raise cards.CardNotActive(f"card {card.id} was valid until {card.valid_until}")
@@ -251,10 +253,13 @@ def days_completed(card: Card, today: date) -> int:
     return max(0, min((today - card.starts_on).days, card.units_total))
 
 
-async def settle_period_days(session: AsyncSession, card: Card, today: date, frozen: bool) -> PeriodOutcome:
-    """Release a locked membership card's completed days; days passed while frozen are skipped for good (their
-    value stays the consumer's)."""
-    first, last = card.days_settled + 1, days_completed(card, today)
+async def settle_period_days(
+    session: AsyncSession, card: Card, today: date, frozen: bool, up_to_day: int | None = None
+) -> PeriodOutcome:
+    """Release a locked membership card's completed days (up to ``up_to_day``); days passed while frozen are
+    skipped for good (their value stays the consumer's)."""
+    last = days_completed(card, today) if up_to_day is None else min(up_to_day, days_completed(card, today))
+    first = card.days_settled + 1
     if last < first or card.status != "active":
         return PeriodOutcome(0, 0, 0)
     card.days_settled = last
@@ -307,6 +312,7 @@ async def release_period_days(session: AsyncSession, settings: Settings, now: da
                 Card.status == "active",
                 Card.days_settled < Card.units_total,
                 Card.starts_on + Card.days_settled < today,
+                ~select(Refund.id).where(Refund.card_id == Card.id, Refund.status == "requested").exists(),
             )
             .order_by(Card.id)
             .limit(limit)

@@ -26,9 +26,12 @@ def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except ValueError as exc:
         raise FieldInvalid("cursor", "is not a cursor this service issued") from exc
+    if not value.isprintable() or not value.isascii():  # ours are ids and numbers; never control characters
+        raise FieldInvalid("cursor", "is not a cursor this service issued")
+    return value
 
 
 def page_of(rows: Sequence[R], limit: int, out: Callable[[R], T], cursor_of: Callable[[R], object]) -> Page[T]:

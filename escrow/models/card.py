@@ -6,6 +6,7 @@ for writes that bypass Python.
 """
 
 from datetime import date, datetime
+from typing import Literal
 
 from sqlalchemy import BigInteger, CheckConstraint, Date, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -30,6 +31,22 @@ REFUND_STATES = ("requested", "approved", "instructed", "paid", "rejected")
 REFUND_CAUSES = ("cooling_off", "consumer", "merchant", "expiry")
 INSTRUCTION_KINDS = ("payout", "refund")
 INSTRUCTION_STATES = ("pending", "executed", "failed")
+
+
+# The states as types, for query filters (an unknown state is a 422, not an empty list)
+CardStatus = Literal[
+    "awaiting_payment",
+    "active",
+    "exhausted",
+    "refunded",
+    "expired_refunded",
+    "closed_settled",
+    "transferred",
+    "cancelled",
+]
+ConsumptionStatus = Literal["pending_confirmation", "disputed", "confirmed", "voided"]
+RefundStatus = Literal["requested", "approved", "instructed", "paid", "rejected"]
+InstructionStatus = Literal["pending", "executed", "failed"]
 
 
 class Plan(Base):
@@ -78,6 +95,7 @@ class Card(Base):
         CheckConstraint("protected_out BETWEEN 0 AND protected_paid", name="protected_out"),
         Index("ix_cards_merchant_status", "merchant_id", "status"),
         Index("ix_cards_consumer", "consumer_id"),
+        Index("ix_cards_deposit_transaction_id", "deposit_transaction_id"),
         Index("ix_cards_valid_until", "valid_until", postgresql_where=text("status = 'active'")),
     )
 

@@ -5,6 +5,7 @@ from escrow.auth.guards import requires
 from escrow.deps import DbSession, PrincipalDep
 from escrow.errors import problem_responses
 from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
+from escrow.models.card import InstructionStatus
 from escrow.payouts import service
 from escrow.payouts.schemas import Executed, Failed, InstructionOut, PayoutRun, PayoutRunRequest
 
@@ -35,7 +36,7 @@ async def run_payouts(data: JSONBody[PayoutRunRequest], db_session: DbSession, p
 async def list_instructions(
     db_session: DbSession,
     principal: PrincipalDep,
-    status: FromQuery[str | None] = None,
+    status: FromQuery[InstructionStatus | None] = None,
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
 ) -> Page[InstructionOut]:

@@ -8,6 +8,7 @@ from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
 from escrow.kit.money import Money
 from escrow.kit.pagination import check_limit
+from escrow.models.card import RefundStatus
 from escrow.refunds import service
 from escrow.refunds.schemas import RefundOut, RefundQuote, RefundRequest, Rejection
 
@@ -75,7 +76,7 @@ async def list_refunds(
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
-    status: FromQuery[str | None] = None,
+    status: FromQuery[RefundStatus | None] = None,
     overdue: FromQuery[bool] = False,
     limit: FromQuery[int] = 100,
 ) -> list[RefundOut]:

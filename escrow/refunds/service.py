@@ -27,7 +27,7 @@ from escrow.consumptions import service as consumptions
 from escrow.errors import Conflict, NotFound
 from escrow.kit.clock import business_date, utcnow
 from escrow.kit.ids import new_id
-from escrow.models import Card, EscrowAccount, Plan, Refund
+from escrow.models import Card, Consumption, EscrowAccount, Plan, Refund
 from escrow.payouts import service as payouts
 
 
@@ -126,7 +126,7 @@ async def request(
     _check_refundable(card)
     if await consumptions.pending_on(session, card.id):
         raise ServicesPending(f"card {card.id} has services awaiting confirmation or in dispute; settle them first")
-    if await session.scalar(select(Refund.id).where(Refund.card_id == card.id, Refund.status == "requested")):
+    if await _open_request(session, card):
         raise consumptions.RefundInProgress(f"card {card.id} already has a refund request open")
     plan = await session.get(Plan, card.plan_id)
     assert plan is not None
@@ -141,6 +141,10 @@ async def request(
     if computed.cause != "merchant":  # the consumer's own right: no one else's approval needed
         await _approve(session, settings, card, refund, principal.id, now)
     return refund
+
+
+async def _open_request(session: AsyncSession, card: Card) -> bool:
+    return bool(await session.scalar(select(Refund.id).where(Refund.card_id == card.id, Refund.status == "requested")))
 
 
 async def _new_refund(session: AsyncSession, card: Card, computed: Quote, reason: str | None) -> Refund:
@@ -172,9 +176,14 @@ async def _approve(
     accounts, instruct the bank. The card ends ``refunded`` (``expired_refunded`` for expiry)."""
     today = business_date(now, settings.business_timezone)
     if card.kind == "period":
+        # only the days the quote counted as delivered: days after a request was made are not the merchant's
         account = await session.get(EscrowAccount, card.escrow_account_id)
         await consumptions.settle_period_days(
-            session, card, today, frozen=account is None or account.status != "active"
+            session,
+            card,
+            today,
+            frozen=account is None or account.status != "active",
+            up_to_day=refund.computation["delivered_units"],
         )
     remaining = card.price - card.consumed - card.refunded
     retained = min(refund.retained, remaining)
@@ -183,8 +192,10 @@ async def _approve(
         raise QuoteChanged(f"refund {refund.id}: {amount} fen left to refund, the request says {refund.amount}")
     entries: list[ledger.Entry] = []
     refs = {"card_id": card.id, "refund_id": refund.id}
+    released_now = 0  # to merchant_payable by this approval: available to the set-off below (posted together)
     if retained:
         protected, unprotected = cards.take(card, retained)
+        released_now = protected
         card.consumed += retained
         card.released += retained
         entries.append(
@@ -199,9 +210,8 @@ async def _approve(
         legs += ledger.transfer(cards.card_code(card.id), "refund_payable", protected)
     if unprotected:
         await payouts.lock_payable(session, card.escrow_account_id)
-        set_off = min(
-            unprotected, (await ledger.balance(session, card.escrow_account_id, "merchant_payable")).available
-        )
+        payable = (await ledger.balance(session, card.escrow_account_id, "merchant_payable")).available
+        set_off = min(unprotected, payable + released_now)
         owed = unprotected - set_off
         if set_off:
             legs += ledger.transfer(cards.unprotected_code(card.id), "merchant_obligation", set_off)
@@ -295,7 +305,16 @@ async def handle_expired_cards(session: AsyncSession, settings: Settings, now: d
         await session.scalars(
             select(Card.id)
             .join(EscrowAccount, EscrowAccount.id == Card.escrow_account_id)
-            .where(Card.status == "active", Card.valid_until < today, EscrowAccount.status == "active")
+            .where(
+                Card.status == "active",
+                Card.valid_until < today,
+                EscrowAccount.status == "active",
+                # cards waiting on a service or a refund decision wait for the next run, without blocking others
+                ~select(Consumption.id)
+                .where(Consumption.card_id == Card.id, Consumption.status.in_(("pending_confirmation", "disputed")))
+                .exists(),
+                ~select(Refund.id).where(Refund.card_id == Card.id, Refund.status == "requested").exists(),
+            )
             .order_by(Card.valid_until, Card.id)
             .limit(limit)
         )
@@ -303,7 +322,11 @@ async def handle_expired_cards(session: AsyncSession, settings: Settings, now: d
     extended = refunded = 0
     for card_id in due:
         card = await cards.lock(session, card_id)
-        if card.status != "active" or await consumptions.pending_on(session, card.id):
+        if (
+            card.status != "active"
+            or await consumptions.pending_on(session, card.id)
+            or await _open_request(session, card)
+        ):
             continue
         if settings.expiry_action == "extend":
             card.valid_until = today + timedelta(days=settings.expiry_extension_days)

@@ -109,6 +109,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("payment_reference", name=op.f("uq_cards_payment_reference")),
     )
     op.create_index("ix_cards_consumer", "cards", ["consumer_id"], unique=False)
+    op.create_index("ix_cards_deposit_transaction_id", "cards", ["deposit_transaction_id"], unique=False)
     op.create_index(op.f("ix_cards_escrow_account_id"), "cards", ["escrow_account_id"], unique=False)
     op.create_index("ix_cards_merchant_status", "cards", ["merchant_id", "status"], unique=False)
     op.create_index(
@@ -253,6 +254,7 @@ def downgrade() -> None:
     op.drop_index("ix_cards_valid_until", table_name="cards", postgresql_where=sa.text("status = 'active'"))
     op.drop_index("ix_cards_merchant_status", table_name="cards")
     op.drop_index(op.f("ix_cards_escrow_account_id"), table_name="cards")
+    op.drop_index("ix_cards_deposit_transaction_id", table_name="cards")
     op.drop_index("ix_cards_consumer", table_name="cards")
     op.drop_table("cards")
     op.drop_index(op.f("ix_plans_merchant_id"), table_name="plans")
