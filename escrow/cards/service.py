@@ -8,8 +8,9 @@ never-below-zero rule is the second line of defence.
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow import ledger
@@ -20,7 +21,7 @@ from escrow.config import Settings
 from escrow.errors import Conflict, EscrowError, FieldInvalid, NotFound
 from escrow.kit.clock import business_date, utcnow
 from escrow.kit.ids import new_id
-from escrow.models import Bank, Card, ConsumerLink, EscrowAccount, Merchant, Plan, UnappliedDeposit
+from escrow.models import Bank, Card, ConsumerLink, EscrowAccount, Merchant, Plan, Refund, UnappliedDeposit
 from escrow.plans import rules
 
 LIVE_STATES = ("awaiting_payment", "active")
@@ -120,6 +121,15 @@ async def get(session: AsyncSession, principal: Principal, card_id: str, *, for_
     if card is None or not await visible(session, principal, card):
         raise NotFound(f"no card {card_id}")
     return await lock(session, card_id) if for_update else card  # others' cards are never locked
+
+
+def refund_requested(card_id: Any) -> Exists:
+    """SQL: the card (an id, or the ``Card.id`` column) has a refund request awaiting a decision."""
+    return select(Refund.id).where(Refund.card_id == card_id, Refund.status == "requested").exists()
+
+
+async def has_refund_requested(session: AsyncSession, card_id: str) -> bool:
+    return bool(await session.scalar(select(refund_requested(card_id))))
 
 
 def check_sales_open(merchant: Merchant, account: EscrowAccount) -> None:

@@ -21,7 +21,7 @@ from escrow.consumptions.schemas import ConsumptionCreate
 from escrow.errors import Conflict, FieldInvalid, NotFound
 from escrow.kit.clock import business_date, utcnow
 from escrow.kit.ids import new_id
-from escrow.models import Card, Consumption, EscrowAccount, Refund
+from escrow.models import Card, Consumption, EscrowAccount
 
 
 class InvalidState(Conflict):
@@ -83,7 +83,7 @@ async def record(
     now = utcnow()
     if card.valid_until is not None and business_date(now, settings.business_timezone) > card.valid_until:
         raise cards.CardNotActive(f"card {card.id} was valid until {card.valid_until}")
-    if await session.scalar(select(Refund.id).where(Refund.card_id == card.id, Refund.status == "requested")):
+    if await cards.has_refund_requested(session, card.id):
         raise RefundInProgress(f"card {card.id} has a refund request open")
     if card.units_used + units > card.units_total:
         raise ExceedsRemaining(
@@ -312,7 +312,7 @@ async def release_period_days(session: AsyncSession, settings: Settings, now: da
                 Card.status == "active",
                 Card.days_settled < Card.units_total,
                 Card.starts_on + Card.days_settled < today,
-                ~select(Refund.id).where(Refund.card_id == Card.id, Refund.status == "requested").exists(),
+                ~cards.refund_requested(Card.id),
             )
             .order_by(Card.id)
             .limit(limit)

@@ -126,7 +126,7 @@ async def request(
     _check_refundable(card)
     if await consumptions.pending_on(session, card.id):
         raise ServicesPending(f"card {card.id} has services awaiting confirmation or in dispute; settle them first")
-    if await _open_request(session, card):
+    if await cards.has_refund_requested(session, card.id):
         raise consumptions.RefundInProgress(f"card {card.id} already has a refund request open")
     plan = await session.get(Plan, card.plan_id)
     assert plan is not None
@@ -141,10 +141,6 @@ async def request(
     if computed.cause != "merchant":  # the consumer's own right: no one else's approval needed
         await _approve(session, settings, card, refund, principal.id, now)
     return refund
-
-
-async def _open_request(session: AsyncSession, card: Card) -> bool:
-    return bool(await session.scalar(select(Refund.id).where(Refund.card_id == card.id, Refund.status == "requested")))
 
 
 async def _new_refund(session: AsyncSession, card: Card, computed: Quote, reason: str | None) -> Refund:
@@ -313,7 +309,7 @@ async def handle_expired_cards(session: AsyncSession, settings: Settings, now: d
                 ~select(Consumption.id)
                 .where(Consumption.card_id == Card.id, Consumption.status.in_(("pending_confirmation", "disputed")))
                 .exists(),
-                ~select(Refund.id).where(Refund.card_id == Card.id, Refund.status == "requested").exists(),
+                ~cards.refund_requested(Card.id),
             )
             .order_by(Card.valid_until, Card.id)
             .limit(limit)
@@ -325,7 +321,7 @@ async def handle_expired_cards(session: AsyncSession, settings: Settings, now: d
         if (
             card.status != "active"
             or await consumptions.pending_on(session, card.id)
-            or await _open_request(session, card)
+            or await cards.has_refund_requested(session, card.id)
         ):
             continue
         if settings.expiry_action == "extend":
