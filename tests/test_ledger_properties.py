@@ -238,7 +238,9 @@ class LedgerMachine(RuleBasedStateMachine):
         assert error is None, f"{action} {amount} of {target}: {error!r}"
         model = applied(self.model, target.legs, "release")
         if action == "post":
-            posted = target.legs if amount is None else tuple((code, side, amount) for code, side, _ in target.legs)
+            # The hold's full amount posts every leg as held (a multi-leg hold has no single "amount" per leg).
+            in_full = amount is None or amount == target.held
+            posted = target.legs if in_full else tuple((code, side, amount) for code, side, _ in target.legs)
             model = applied(model, posted, "posted")
         self.model = model
         self.entries += 1
