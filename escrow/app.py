@@ -15,12 +15,14 @@ from escrow.auth.guards import current_principal
 from escrow.auth.limiter import FailureLimiter
 from escrow.banks import endpoints as bank_endpoints
 from escrow.cards import endpoints as card_endpoints
+from escrow.closures import endpoints as closure_endpoints
 from escrow.config import Settings, get_settings, load_secret_key
 from escrow.consumers import endpoints as consumer_endpoints
 from escrow.consumptions import endpoints as consumption_endpoints
 from escrow.db import create_engine, create_sessionmaker, resolve_database_url
 from escrow.errors import exception_handlers
 from escrow.escrow_accounts import endpoints as escrow_endpoints
+from escrow.fund import endpoints as fund_endpoints
 from escrow.health.endpoints import healthz, readyz
 from escrow.jobs import run_periodically, seal_periodically
 from escrow.kit.crypto import Keyring
@@ -90,8 +92,26 @@ ROUTES: list[ControllerRouterHandler] = [
     payout_endpoints.run_payouts,
     payout_endpoints.list_instructions,
     payout_endpoints.get_instruction,
+    payout_endpoints.instruction_sent,
     payout_endpoints.instruction_executed,
     payout_endpoints.instruction_failed,
+    closure_endpoints.open_closure,
+    closure_endpoints.list_closures,
+    closure_endpoints.get_closure,
+    closure_endpoints.compute_plan,
+    closure_endpoints.list_items,
+    closure_endpoints.plan_csv,
+    closure_endpoints.start_settlement,
+    closure_endpoints.propose_takeover,
+    closure_endpoints.answer_takeover,
+    closure_endpoints.confirm,
+    closure_endpoints.my_statements,
+    fund_endpoints.set_fund_bank_account,
+    fund_endpoints.fund_overview,
+    fund_endpoints.contribute,
+    fund_endpoints.list_contributions,
+    fund_endpoints.list_claims,
+    fund_endpoints.recover,
     audit_endpoints.list_audit,
     verify_ledger,
 ]

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
         description="Hour of the business day (business time zone) after which the daily payout run is made "
         "(unset: on demand only, POST /v1/payout-runs).",
     )
+    closure_notice_days: int = Field(
+        default=30, ge=0, description="An announced closure takes effect at least this many days later."
+    )
+    fund_cap_per_consumer: int = Field(
+        default=500_000,
+        ge=0,
+        description="First compensation: the most the fund pays one consumer in one closure (fen).",
+    )
+    closure_batch_size: int = Field(
+        default=1000, ge=1, le=20_000, description="Settlement items executed per transaction."
+    )
     jobs_interval_seconds: float = Field(
         default=60, ge=0, description="How often the service runs its background jobs (0: never; see run-jobs)."
     )

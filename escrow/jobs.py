@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from escrow import ledger
 from escrow.auth.requests import forget_old_nonces
+from escrow.closures import service as closures
 from escrow.config import Settings
 from escrow.consumptions import service as consumptions
+from escrow.fund import service as fund
 from escrow.kit.clock import business_date, utcnow
 from escrow.ledger.integrity import seal
 from escrow.models import JobRun
@@ -88,6 +90,15 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     async def reinstruct(session: AsyncSession) -> int:
         return await payouts.reinstruct_refunds(session, limit)
 
+    async def freeze(session: AsyncSession) -> int:
+        return await closures.freeze_due(session, settings, now, 1)  # one merchant's freeze per transaction
+
+    async def settle(session: AsyncSession) -> int:
+        return await closures.settle_next(session, settings)
+
+    async def owed(session: AsyncSession) -> int:
+        return await fund.pay_owed(session, "system:fund", limit)
+
     async def nonces(session: AsyncSession) -> int:
         return await forget_old_nonces(session)  # all at once (a second batch finds none)
 
@@ -97,6 +108,9 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
         ("expired_cards", expiry, 1),
         ("holds_expired", holds, limit),
         ("refunds_reinstructed", reinstruct, limit),
+        ("closures_frozen", freeze, 1),
+        ("closure_items_settled", settle, settings.closure_batch_size),
+        ("fund_owed_payments", owed, limit),
         ("bank_nonces_forgotten", nonces, limit),
     ):
         try:

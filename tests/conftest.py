@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from escrow import migrate
 from escrow.app import create_app
@@ -105,6 +105,12 @@ async def engine(db_url: str, settings: Settings) -> AsyncIterator[AsyncEngine]:
 async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
     async with create_sessionmaker(engine)() as session:
         yield session
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    """Fresh sessions of their own (a job, the CLI, another process would use one each)."""
+    return create_sessionmaker(engine)
 
 
 @pytest.fixture

@@ -132,6 +132,14 @@ async def has_refund_requested(session: AsyncSession, card_id: str) -> bool:
     return bool(await session.scalar(select(refund_requested(card_id))))
 
 
+async def check_account_active(session: AsyncSession, card: Card) -> None:
+    """Services and refunds need the card's escrow account active (not frozen by the regulator or a closure)."""
+    account = await session.get(EscrowAccount, card.escrow_account_id)
+    if account is None or account.status != "active":
+        status = account.status if account else "missing"
+        raise CardNotActive(f"the escrow account of card {card.id} is {status}: the card is on hold")
+
+
 def check_sales_open(merchant: Merchant, account: EscrowAccount) -> None:
     if merchant.status != "active":
         raise SalesStopped(f"merchant {merchant.id} is {merchant.status}: no sales")
@@ -257,6 +265,8 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
         raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
     if card.deposit_transaction_id == data.bank_transaction_id:
         return card  # the same deposit reported again
+    if card.predecessor_card_id is not None:  # paid by the transfer from the closing merchant, never by a deposit
+        raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
     paid_elsewhere = await session.scalar(
         select(Card.id)
         .join(EscrowAccount, EscrowAccount.id == Card.escrow_account_id)
@@ -276,6 +286,21 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
         )
     if account.status != "active":
         raise refuse("account_not_active", f"escrow account {account.id} is {account.status}", 409)
+    await _post_paid(session, card, principal.id, data.bank_transaction_id, "deposit")
+    now = utcnow()
+    card.status = "active"
+    card.deposit_transaction_id = data.bank_transaction_id
+    card.paid_at = now
+    card.starts_on = business_date(now, settings.business_timezone)
+    plan = await session.get(Plan, card.plan_id)
+    assert plan is not None
+    card.valid_until = card.starts_on + timedelta(days=plan.validity_days - 1)
+    await session.flush()
+    return card
+
+
+async def _post_paid(session: AsyncSession, card: Card, principal: str, bank_transaction_id: str, how: str) -> None:
+    """Entry 1 of domain.md §4: the card's custodied part into custody, the rest the merchant's obligation."""
     legs: list[ledger.Leg] = []
     await ledger.open_account(session, card.escrow_account_id, card_code(card.id))
     if card.protected_paid:
@@ -289,19 +314,23 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
             card.escrow_account_id,
             "card_paid",
             legs,
-            refs={"card_id": card.id, "bank_transaction_id": data.bank_transaction_id},
-            principal=principal.id,
-            idempotency_ref=f"deposit:{data.bank_transaction_id}",
+            refs={"card_id": card.id, "bank_transaction_id": bank_transaction_id, "paid_by": how},
+            principal=principal,
+            idempotency_ref=f"{how}:{bank_transaction_id}",
         ),
     )
-    now = utcnow()
+
+
+async def activate_transferred(session: AsyncSession, card_id: str, amount: int, bank_transaction_id: str) -> Card:
+    """A card taken over by a successor becomes active when the closing merchant's bank has moved its custodied
+    funds (``amount``) into the successor's escrow account; it keeps its validity and terms."""
+    card = await lock(session, card_id)
+    if card.status != "awaiting_payment" or card.protected_paid != amount:
+        raise Conflict(f"card {card.id} is {card.status} and takes {card.protected_paid} fen, not {amount}")
+    await _post_paid(session, card, "system:takeover", bank_transaction_id, "transfer")
     card.status = "active"
-    card.deposit_transaction_id = data.bank_transaction_id
-    card.paid_at = now
-    card.starts_on = business_date(now, settings.business_timezone)
-    plan = await session.get(Plan, card.plan_id)
-    assert plan is not None
-    card.valid_until = card.starts_on + timedelta(days=plan.validity_days - 1)
+    card.deposit_transaction_id = bank_transaction_id
+    card.paid_at = card.paid_at or utcnow()  # the consumer's own payment date: no second cooling-off
     await session.flush()
     return card
 

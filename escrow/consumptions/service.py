@@ -85,6 +85,7 @@ async def record(
         raise cards.CardNotActive(f"card {card.id} was valid until {card.valid_until}")
     if await cards.has_refund_requested(session, card.id):
         raise RefundInProgress(f"card {card.id} has a refund request open")
+    await cards.check_account_active(session, card)
     if card.units_used + units > card.units_total:
         raise ExceedsRemaining(
             f"card {card.id} has {card.units_total - card.units_used} {field.replace('_', ' ')} left, not {units}",
@@ -166,20 +167,25 @@ async def resolve(
     if outcome == "confirm":
         await _release(session, card, consumption, principal.id)
     else:
-        if consumption.hold_entry_id is not None:
-            await ledger.void_pending(
-                session, consumption.hold_entry_id, principal=principal.id, refs={"consumption_id": consumption.id}
-            )
-        card.units_used -= consumption.units
-        card.consumed -= consumption.amount
-        card.protected_out -= consumption.protected_amount
-        consumption.status = "voided"
-        consumption.resolved_at = utcnow()
-        consumption.resolved_by = principal.id
+        await void(session, card, consumption, principal.id)
     if note:
         consumption.note = note
     await session.flush()
     return consumption
+
+
+async def void(session: AsyncSession, card: Card, consumption: Consumption, by: str) -> None:
+    """Take back a service still held on a locked card: its hold is released and the card gets its value back."""
+    if consumption.hold_entry_id is not None:
+        await ledger.void_pending(
+            session, consumption.hold_entry_id, principal=by, refs={"consumption_id": consumption.id}
+        )
+    card.units_used -= consumption.units
+    card.consumed -= consumption.amount
+    card.protected_out -= consumption.protected_amount
+    consumption.status = "voided"
+    consumption.resolved_at = utcnow()
+    consumption.resolved_by = by
 
 
 async def list_visible(

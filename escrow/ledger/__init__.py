@@ -9,6 +9,7 @@ from escrow.ledger.errors import (
     LedgerError,
     PostExceedsPending,
     Unbalanced,
+    UnknownAccount,
 )
 from escrow.ledger.service import (
     FUND_BOOK,
@@ -26,6 +27,7 @@ from escrow.ledger.service import (
     post,
     post_many,
     post_pending,
+    settlement_window,
     transfer,
     void_pending,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "Leg",
     "PostExceedsPending",
     "Unbalanced",
+    "UnknownAccount",
     "balance",
     "expire_pending",
     "freeze_account",
@@ -54,6 +57,7 @@ __all__ = [
     "post",
     "post_many",
     "post_pending",
+    "settlement_window",
     "transfer",
     "void_pending",
 ]

@@ -246,7 +246,8 @@ async def verify(session: AsyncSession) -> VerifyReport:
         "SELECT count(*) FROM ledger_accounts WHERE code = 'custody_cash'",
         f"SELECT t.escrow_account_id, sum(t.posted) FILTER (WHERE t.code = 'custody_cash'),"
         f" coalesce(sum(t.posted) FILTER (WHERE t.code <> 'custody_cash'), 0) FROM ({_TOTALS}) t"
-        f" WHERE t.code = 'custody_cash' OR t.code IN ('merchant_payable', 'refund_payable') OR t.code LIKE 'card:%'"
+        f" WHERE t.code = 'custody_cash' OR t.code LIKE 'card:%'"
+        f"   OR t.code IN ('merchant_payable', 'refund_payable', 'transfer_payable')"
         f" GROUP BY t.escrow_account_id"
         f" HAVING sum(t.posted) FILTER (WHERE t.code = 'custody_cash')"
         f"   <> coalesce(sum(t.posted) FILTER (WHERE t.code <> 'custody_cash'), 0)"
@@ -262,16 +263,17 @@ async def verify(session: AsyncSession) -> VerifyReport:
     await _first(
         session,
         cards,
-        "SELECT count(*) FROM cards WHERE status <> 'awaiting_payment'",
-        "SELECT c.id, c.price, coalesce(j.paid, 0), c.released + c.refunded, coalesce(j.out, 0) FROM cards c"
+        "SELECT count(*) FROM cards WHERE status NOT IN ('awaiting_payment', 'cancelled')",
+        "SELECT c.id, c.price, coalesce(j.paid, 0), c.released + c.refunded + c.transferred, coalesce(j.out, 0)"
+        " FROM cards c"
         " LEFT JOIN (SELECT a.escrow_account_id, split_part(a.code, ':', 2) AS card_id,"
         "     sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted') AS paid,"
         "     sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted') AS out"
         "   FROM ledger_accounts a JOIN ledger_postings p ON p.account_id = a.id"
         "   WHERE a.code LIKE 'card:%' OR a.code LIKE 'card_unprotected:%' GROUP BY 1, 2) j"
         "   ON j.card_id = c.id AND j.escrow_account_id = c.escrow_account_id"
-        " WHERE c.status <> 'awaiting_payment'"
-        "   AND (coalesce(j.paid, 0) <> c.price OR coalesce(j.out, 0) <> c.released + c.refunded)"
+        " WHERE c.status NOT IN ('awaiting_payment', 'cancelled')"
+        "   AND (coalesce(j.paid, 0) <> c.price OR coalesce(j.out, 0) <> c.released + c.refunded + c.transferred)"
         " ORDER BY c.id LIMIT 1",
         "card_id",
         "price",
@@ -280,7 +282,24 @@ async def verify(session: AsyncSession) -> VerifyReport:
         "debited",
     )
 
-    checks = [chain, balanced, totals, non_negative, custody, cards]
+    # The first-compensation fund's claim on each closed merchant (fund book) mirrors, to the fen, the consumers'
+    # claims it took over in that merchant's book (what it paid, less what was recovered).
+    subrogation = Check("fund_claims_mirror_subrogation")
+    await _first(
+        session,
+        subrogation,
+        f"SELECT count(*) FROM ({_TOTALS}) t WHERE t.code LIKE 'fund_claims:%'",
+        f"SELECT split_part(f.code, ':', 2), f.posted, coalesce(m.posted, 0) FROM ({_TOTALS}) f"
+        f" LEFT JOIN ({_TOTALS}) m ON m.escrow_account_id = split_part(f.code, ':', 2)"
+        f"   AND m.code = 'fund_subrogation'"
+        f" WHERE f.escrow_account_id = 'fund' AND f.code LIKE 'fund_claims:%' AND f.posted <> coalesce(m.posted, 0)"
+        f" ORDER BY 1 LIMIT 1",
+        "escrow_account_id",
+        "fund_claims",
+        "fund_subrogation",
+    )
+
+    checks = [chain, balanced, totals, non_negative, custody, cards, subrogation]
     return VerifyReport(
         ok=all(c.ok for c in checks),
         checked_at=datetime.now(UTC).isoformat(),

@@ -32,7 +32,8 @@ constrained accounts never go below zero; frozen accounts and escrow accounts re
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -59,6 +60,8 @@ ACCOUNT_KINDS: dict[str, tuple[Side, bool]] = {
     "merchant_payable": ("C", True),
     "refund_payable": ("C", True),
     "refund_claims": ("C", True),  # refunds the merchant owes consumers outside custody
+    "transfer_payable": ("C", True),  # custodied funds of cards taken over, on their way to the successor
+    "fund_subrogation": ("C", True),  # consumers' claims on the merchant the fund paid and now holds
     "fund_cash": ("D", True),
     "fund_contributions": ("C", False),
     "fund_payable": ("C", True),
@@ -340,6 +343,32 @@ async def _lock_book(session: AsyncSession, book: str) -> None:
         ),
         {"book": book},
     )
+
+
+@asynccontextmanager
+async def settlement_window(session: AsyncSession, book: str) -> AsyncIterator[None]:
+    """Let this transaction move money in a frozen escrow account (a closure's settlement, a bank's report of
+    an instruction it already carried out) while the account stays frozen to everyone else.
+
+    For a frozen account the cut-off lock is taken first and held to the end of the transaction, so no other
+    movement can start while the freeze flag is lifted; the flag is put back before the transaction ends (a
+    rollback restores it by itself)."""
+    query = text("SELECT frozen FROM ledger_books WHERE escrow_account_id = :book")
+    mode = await session.scalar(query, {"book": book})
+    if mode is None:
+        raise errors.UnknownAccount(f"no ledger for escrow account {book}")
+    if mode != "none":  # (an account frozen after this read refuses the movement: the caller may retry)
+        await _lock_book(session, book)
+        mode = await session.scalar(query, {"book": book})
+    if mode != "none":
+        await session.execute(
+            text("UPDATE ledger_books SET frozen = 'none' WHERE escrow_account_id = :book"), {"book": book}
+        )
+    yield
+    if mode != "none":
+        await session.execute(
+            text("UPDATE ledger_books SET frozen = :mode WHERE escrow_account_id = :book"), {"mode": mode, "book": book}
+        )
 
 
 async def freeze_account(session: AsyncSession, book: str, code: str, mode: FreezeMode) -> None:

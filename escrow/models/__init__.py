@@ -3,6 +3,14 @@
 from escrow.models.audit import AuditRecord
 from escrow.models.base import Base
 from escrow.models.card import Card, Consumption, Instruction, JobRun, Plan, Refund, UnappliedDeposit
+from escrow.models.closure import (
+    Closure,
+    ClosureItem,
+    FundAccount,
+    FundContribution,
+    FundRecovery,
+    TakeoverDecision,
+)
 from escrow.models.idempotency import IdempotencyKey
 from escrow.models.party import (
     Bank,
@@ -22,16 +30,22 @@ __all__ = [
     "BankNonce",
     "Base",
     "Card",
+    "Closure",
+    "ClosureItem",
     "Consumer",
     "ConsumerCode",
     "ConsumerLink",
     "Consumption",
     "EscrowAccount",
+    "FundAccount",
+    "FundContribution",
+    "FundRecovery",
     "IdempotencyKey",
     "Instruction",
     "JobRun",
     "Merchant",
     "Plan",
     "Refund",
+    "TakeoverDecision",
     "UnappliedDeposit",
 ]

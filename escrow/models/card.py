@@ -28,9 +28,13 @@ CARD_STATES = (
 )
 CONSUMPTION_STATES = ("pending_confirmation", "disputed", "confirmed", "voided")
 REFUND_STATES = ("requested", "approved", "instructed", "paid", "rejected")
-REFUND_CAUSES = ("cooling_off", "consumer", "merchant", "expiry")
-INSTRUCTION_KINDS = ("payout", "refund")
-INSTRUCTION_STATES = ("pending", "executed", "failed")
+REFUND_CAUSES = ("cooling_off", "consumer", "merchant", "expiry", "closure")
+# payout: released money to the merchant; refund: to a consumer; transfer: a card's custodied funds to a
+# successor's escrow account; fund_payout: first compensation from the fund's own account to a consumer
+INSTRUCTION_KINDS = ("payout", "refund", "transfer", "fund_payout")
+# pending: the bank may pick it up; sent: the bank took it (it can no longer be cancelled); cancelled: withdrawn
+# before the bank took it (a closure cancels unsent payouts)
+INSTRUCTION_STATES = ("pending", "sent", "executed", "failed", "cancelled")
 
 
 # The states as types, for query filters (an unknown state is a 422, not an empty list)
@@ -46,7 +50,7 @@ CardStatus = Literal[
 ]
 ConsumptionStatus = Literal["pending_confirmation", "disputed", "confirmed", "voided"]
 RefundStatus = Literal["requested", "approved", "instructed", "paid", "rejected"]
-InstructionStatus = Literal["pending", "executed", "failed"]
+InstructionStatus = Literal["pending", "sent", "executed", "failed", "cancelled"]
 
 
 class Plan(Base):
@@ -91,7 +95,10 @@ class Card(Base):
         CheckConstraint("units_used BETWEEN 0 AND units_total", name="units_used"),
         CheckConstraint("protected_paid BETWEEN 0 AND price", name="protected_paid"),
         CheckConstraint("released >= 0 AND released <= consumed", name="released"),
-        CheckConstraint("refunded >= 0 AND consumed >= 0 AND consumed + refunded <= price", name="conservation"),
+        CheckConstraint(
+            "refunded >= 0 AND consumed >= 0 AND transferred >= 0 AND consumed + refunded + transferred <= price",
+            name="conservation",
+        ),
         CheckConstraint("protected_out BETWEEN 0 AND protected_paid", name="protected_out"),
         Index("ix_cards_merchant_status", "merchant_id", "status"),
         Index("ix_cards_consumer", "consumer_id"),
@@ -123,6 +130,9 @@ class Card(Base):
     valid_until: Mapped[date | None] = mapped_column(Date)  # last business day of use
     days_settled: Mapped[int] = mapped_column(Integer, server_default="0")  # period plans: days released/skipped
     closed_at: Mapped[datetime | None]
+    # takeover: value moved to the successor's card (this card ``transferred``), or the card this one continues
+    transferred: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    predecessor_card_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class Consumption(Base):
@@ -190,28 +200,42 @@ class Refund(Base):
 
 
 class Instruction(Base):
-    """An order to the custodian bank to move money out of an escrow account (entry 3 or 4, held until done)."""
+    """An order to a custodian bank to move money out of an escrow account or out of the fund's account
+    (held on the ledger of ``book`` from the moment it is made, until the bank reports it done)."""
 
     __tablename__ = "instructions"
     __table_args__ = (
         CheckConstraint(_in("kind", INSTRUCTION_KINDS), name="kind"),
         CheckConstraint(_in("status", INSTRUCTION_STATES), name="status"),
         CheckConstraint("amount > 0", name="amount"),
+        CheckConstraint("(book = 'fund') = (escrow_account_id IS NULL)", name="book"),
         Index("ix_instructions_account_status", "escrow_account_id", "status"),
-        Index("uq_instructions_refund_open", "refund_id", unique=True, postgresql_where=text("status <> 'failed'")),
+        Index("ix_instructions_bank_status", "bank_id", "status"),
+        Index(
+            "uq_instructions_refund_open",
+            "refund_id",
+            unique=True,
+            postgresql_where=text("status NOT IN ('failed', 'cancelled')"),
+        ),
+        Index("ix_instructions_closure_item", "closure_item_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    escrow_account_id: Mapped[str] = mapped_column(ForeignKey("escrow_accounts.id"))
+    escrow_account_id: Mapped[str | None] = mapped_column(ForeignKey("escrow_accounts.id"))
+    book: Mapped[str] = mapped_column(String(40))  # the ledger book the money leaves: escrow account id or 'fund'
+    bank_id: Mapped[str] = mapped_column(ForeignKey("banks.id"))  # the bank that carries it out
     kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), server_default="pending")
     amount: Mapped[int] = mapped_column(BigInteger)
     beneficiary: Mapped[str] = mapped_column(String(200))  # masked: merchant settlement account, or original payment
     refund_id: Mapped[str | None] = mapped_column(ForeignKey("refunds.id"))
+    closure_item_id: Mapped[int | None] = mapped_column(BigInteger)
+    target_card_id: Mapped[str | None] = mapped_column(String(40))  # transfer: the successor's card it pays
     hold_entry_id: Mapped[int] = mapped_column(BigInteger)
     bank_transaction_id: Mapped[str | None] = mapped_column(String(100))
     failure_reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    sent_at: Mapped[datetime | None]
     reported_at: Mapped[datetime | None]
 
 

@@ -59,6 +59,20 @@ async def get_instruction(
 
 
 @post(
+    ONE + "/sent",
+    guards=[requires("bank", own=("bank",))],
+    tags=TAGS,
+    status_code=200,
+    summary="The bank took the instruction: it can no longer be cancelled (signed; idempotent)",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def instruction_sent(
+    instruction_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+) -> InstructionOut:
+    return InstructionOut.of(await service.report_sent(db_session, principal, instruction_id))
+
+
+@post(
     ONE + "/executed",
     guards=[requires("bank", own=("bank",))],
     tags=TAGS,

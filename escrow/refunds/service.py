@@ -124,6 +124,7 @@ async def request(
 ) -> Refund:
     card = await cards.get(session, principal, card_id, for_update=True)
     _check_refundable(card)
+    await cards.check_account_active(session, card)
     if await consumptions.pending_on(session, card.id):
         raise ServicesPending(f"card {card.id} has services awaiting confirmation or in dispute; settle them first")
     if await cards.has_refund_requested(session, card.id):

@@ -1,0 +1,1 @@
+"""Closures: freeze, settlement plan and execution, takeover by a successor, surplus."""

@@ -1,0 +1,282 @@
+import csv
+import io
+from collections.abc import AsyncIterator
+
+from litestar import Request, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import Stream
+from sqlalchemy import select
+
+from escrow.auth.guards import requires
+from escrow.closures import service
+from escrow.closures.schemas import (
+    ClosureCreate,
+    ClosureOut,
+    ConfirmationOut,
+    ItemOut,
+    SettlementTotals,
+    TakeoverAnswer,
+    TakeoverDecisionOut,
+    TakeoverProposal,
+)
+from escrow.deps import DbSession, PrincipalDep, SettingsDep
+from escrow.errors import FieldInvalid, problem_responses
+from escrow.kit.money import Money
+from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
+from escrow.models import Closure, ClosureItem
+
+TAGS = ["closures"]
+ONE = "/v1/closures/{closure_id:str}"
+MONEY_COLUMNS = (
+    "unused",
+    "from_custody",
+    "set_off",
+    "fund_paid",
+    "fund_owed",
+    "fund_owed_paid",
+    "unpaid",
+    "transferred",
+    "assumed",
+)
+
+
+def closure_out(closure: Closure, totals: service.Totals | None = None) -> ClosureOut:
+    return ClosureOut(
+        id=closure.id,
+        merchant_id=closure.merchant_id,
+        mode=closure.mode,
+        status=closure.status,
+        reason=closure.reason,
+        effective_on=closure.effective_on,
+        announced_at=closure.announced_at,
+        frozen_at=closure.frozen_at,
+        planned_at=closure.planned_at,
+        settling_at=closure.settling_at,
+        settled_at=closure.settled_at,
+        confirmed_at=closure.confirmed_at,
+        successor_merchant_id=closure.successor_merchant_id,
+        takeover_deadline=closure.takeover_deadline,
+        progress={"done": closure.items_done, "total": closure.items_total},
+        totals=None
+        if totals is None
+        else SettlementTotals(
+            items=totals.items,
+            done=totals.done,
+            **{column: Money(amount=getattr(totals, column)) for column in MONEY_COLUMNS},
+        ),
+    )
+
+
+def item_out(item: ClosureItem) -> ItemOut:
+    return ItemOut(
+        seq=item.seq,
+        kind=item.kind,
+        decision=item.decision,
+        status=item.status,
+        escrow_account_id=item.escrow_account_id,
+        consumer_id=item.consumer_id,
+        card_id=item.card_id,
+        refund_id=item.refund_id,
+        new_card_id=item.new_card_id,
+        done_at=item.done_at,
+        **{column: Money(amount=getattr(item, column)) for column in MONEY_COLUMNS},
+    )
+
+
+async def _with_totals(db_session: DbSession, closure: Closure) -> ClosureOut:
+    return closure_out(closure, await service.totals(db_session, closure.id))
+
+
+@post(
+    "/v1/closures",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="Announce a closure (merchant, with notice) or order one (regulator, at once): sales stop now",
+    responses=problem_responses(401, 403, 409, 422),
+)
+async def open_closure(
+    data: JSONBody[ClosureCreate], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+) -> ClosureOut:
+    return closure_out(await service.open_closure(db_session, settings, principal, data))
+
+
+@get(
+    "/v1/closures",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="Closures (a merchant sees its own, and those it succeeds)",
+    responses=problem_responses(401, 403),
+)
+async def list_closures(db_session: DbSession, principal: PrincipalDep) -> list[ClosureOut]:
+    return [closure_out(c) for c in await service.list_visible(db_session, principal)]
+
+
+@get(
+    ONE,
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="A closure, with its settlement's totals per source and progress (items done / total)",
+    responses=problem_responses(401, 403, 404),
+)
+async def get_closure(closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> ClosureOut:
+    return await _with_totals(db_session, await service.get(db_session, principal, closure_id))
+
+
+@post(
+    ONE + "/plan",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    status_code=200,
+    summary="Compute the settlement plan of a frozen closure (again), to be seen before it is executed",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def compute_plan(
+    closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+) -> ClosureOut:
+    return await _with_totals(db_session, await service.plan(db_session, settings, principal, closure_id))
+
+
+@get(
+    ONE + "/items",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="The settlement plan item by item: per card, what custody, set-off and the fund pay, what is left",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def list_items(
+    closure_id: FromPath[str],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+) -> Page[ItemOut]:
+    limit = check_limit(limit)
+    closure = await service.get(db_session, principal, closure_id)
+    after = decode_cursor(cursor)
+    if after is not None and not after.isdigit():
+        raise FieldInvalid("cursor", "is not a cursor this service issued")
+    rows = await service.items_page(db_session, closure.id, after=int(after) if after else None, limit=limit)
+    return page_of(rows, limit, item_out, lambda i: i.seq)
+
+
+CSV_HEADER = (
+    "seq",
+    "kind",
+    "decision",
+    "status",
+    "escrow_account_id",
+    "consumer_id",
+    "card_id",
+    "refund_id",
+    "new_card_id",
+    *MONEY_COLUMNS,
+)
+
+
+@get(
+    ONE + "/plan.csv",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="The settlement plan as CSV (amounts in fen), streamed",
+    media_type="text/csv",
+    responses=problem_responses(401, 403, 404),
+)
+async def plan_csv(
+    closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, request: Request
+) -> Stream:
+    closure = await service.get(db_session, principal, closure_id)
+    sessionmaker = request.app.state.sessionmaker
+
+    async def rows() -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        async with sessionmaker() as session, session.begin():  # its own read: the request's is over by now
+            result = await session.stream_scalars(
+                select(ClosureItem).where(ClosureItem.closure_id == closure.id).order_by(ClosureItem.seq),
+                execution_options={"yield_per": 2000},
+            )
+            async for item in result:
+                writer.writerow(
+                    [*(getattr(item, c) or "" for c in CSV_HEADER[:9]), *(getattr(item, c) for c in MONEY_COLUMNS)]
+                )
+                if buffer.tell() > 64_000:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+        yield buffer.getvalue()
+
+    return Stream(
+        rows(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{closure.id}-plan.csv"'},
+    )
+
+
+@post(
+    ONE + "/settlement",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    status_code=200,
+    summary="Fix the plan and start executing it (the service works it in batches; see progress)",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def start_settlement(
+    closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+) -> ClosureOut:
+    return await _with_totals(db_session, await service.start(db_session, settings, principal, closure_id))
+
+
+@post(
+    ONE + "/takeover",
+    guards=[requires("regulator", "merchant", own=("merchant",))],
+    tags=TAGS,
+    status_code=200,
+    summary="Propose a successor merchant that takes over the cards of consumers who accept",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def propose_takeover(
+    closure_id: FromPath[str], data: JSONBody[TakeoverProposal], db_session: DbSession, principal: PrincipalDep
+) -> ClosureOut:
+    return closure_out(await service.propose_takeover(db_session, principal, closure_id, data))
+
+
+@post(
+    "/v1/cards/{card_id:str}/takeover",
+    guards=[requires("consumer", own=("consumer",))],
+    tags=TAGS,
+    status_code=200,
+    summary="Accept the move of your card to the successor, or decline it and be refunded",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def answer_takeover(
+    card_id: FromPath[str], data: JSONBody[TakeoverAnswer], db_session: DbSession, principal: PrincipalDep
+) -> TakeoverDecisionOut:
+    row = await service.decide_takeover(db_session, principal, card_id, data.decision)
+    return TakeoverDecisionOut(
+        closure_id=row.closure_id, card_id=row.card_id, decision=row.decision, decided_at=row.decided_at
+    )
+
+
+@post(
+    ONE + "/confirm",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    status_code=200,
+    summary="Confirm a settled closure: the surplus is paid to the merchant, which is closed",
+    responses=problem_responses(401, 403, 404, 409),
+)
+async def confirm(closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> ConfirmationOut:
+    closure, made = await service.confirm(db_session, principal, closure_id)
+    return ConfirmationOut(closure=await _with_totals(db_session, closure), surplus_instructions=[i.id for i in made])
+
+
+@get(
+    "/v1/me/closure-statements",
+    guards=[requires("consumer", own=("consumer",))],
+    tags=TAGS,
+    summary="Your cards settled by closures: what was owed and what was paid from where",
+    responses=problem_responses(401, 403),
+)
+async def my_statements(db_session: DbSession, principal: PrincipalDep) -> list[dict]:
+    return [service.statement(item) for item in await service.consumer_statements(db_session, principal.id)]
