@@ -1,4 +1,4 @@
-"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin and bench."""
+"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin, closure and bench."""
 
 import argparse
 import asyncio
@@ -237,6 +237,150 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+class ProgressBar:
+    """``[#####.....] 4,000/10,000 items  1,234 items/s``, redrawn in place (``\\r``) on a stream (stderr).
+
+    Call it with (done, total) as work proceeds; the first call is the baseline of the rate."""
+
+    def __init__(self, stream=None, width: int = 30, unit: str = "items") -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.unit = unit
+        self._start: tuple[float, int] | None = None
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = (now, done)
+        started, done_before = self._start
+        rate = (done - done_before) / (now - started) if now > started else 0.0
+        filled = self.width * done // total if total else self.width
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {done:,}/{total:,} {self.unit}  {rate:,.0f} {self.unit}/s ")
+        self.stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def _totals_table(totals) -> str:
+    """A closure's settlement totals per source (yuan), as a Markdown table."""
+    parts = [
+        ("from custody", totals.from_custody),
+        ("set-off (merchant_payable)", totals.set_off),
+        ("fund paid", totals.fund_paid),
+        ("fund owed", totals.fund_owed - totals.fund_owed_paid),
+        ("fund owed, paid since", totals.fund_owed_paid),
+        ("unpaid claims on the merchant", totals.unpaid),
+        ("transferred to the successor", totals.transferred),
+        ("assumed by the successor", totals.assumed),
+    ]
+    lines = ["| source | yuan | share |", "|---|---:|---:|"]
+    for name, fen in [*parts, ("**unused value settled**", totals.unused)]:
+        share = f"{100 * fen / totals.unused:.1f} %" if totals.unused else "-"
+        lines.append(f"| {name} | {fen / 100:,.2f} | {share} |")
+    return "\n".join(lines)
+
+
+async def closure_settle(engine, settings, closure_id: str, batch: int | None, *, out=None, err=None) -> int:
+    """``escrow closure settle``: run a settling closure's plan to the end; 0 when it is settled, else 1."""
+    from escrow.closures import service
+    from escrow.db import create_sessionmaker
+    from escrow.errors import EscrowError
+    from escrow.models import Closure
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    sessionmaker = create_sessionmaker(engine)
+    async with sessionmaker() as session:
+        closure = await session.get(Closure, closure_id)
+    if closure is None:
+        print(f"no closure {closure_id}", file=err)
+        return 1
+    start_it = f"POST /v1/closures/{closure.id}/settlement"
+    if closure.status == "announced":
+        print(
+            f"closure {closure.id} is announced: it is frozen on {closure.effective_on} (by the jobs), then started"
+            f" with {start_it}",
+            file=err,
+        )
+        return 1
+    if closure.status == "frozen":
+        print(f"closure {closure.id} is frozen: start it with {start_it} first", file=err)
+        return 1
+    if closure.status == "settling":
+        bar = ProgressBar(err)
+        bar(closure.items_done, closure.items_total)
+        try:
+            closure = await service.settle(sessionmaker, settings, closure.id, batch_size=batch, progress=bar)
+        except EscrowError as exc:
+            bar.finish()
+            print(f"closure {closure_id}: settlement stopped, the last batch was rolled back: {exc.detail}", file=err)
+            return 1
+        bar.finish()
+        print(
+            f"closure {closure.id} is {closure.status}: {closure.items_done:,} of {closure.items_total:,} items",
+            file=out,
+        )
+    else:  # settled or confirmed already: nothing left to do
+        print(f"closure {closure.id} is already {closure.status}: nothing left to settle", file=out)
+    async with sessionmaker() as session:
+        totals = await service.totals(session, closure.id)
+    print(_totals_table(totals), file=out)
+    return 0 if closure.status in ("settled", "confirmed") else 1
+
+
+def cmd_closure_settle(args: argparse.Namespace) -> int:
+    async def work(engine):
+        return await closure_settle(engine, get_settings(), args.closure_id, args.batch)
+
+    return _run_with_engine(work)
+
+
+def cmd_bench_closure(args: argparse.Namespace) -> int:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from escrow.closures import bench
+    from escrow.ledger.bench import machine
+
+    setup_bar = ProgressBar(sys.stderr, unit="cards")
+    settle_bar = ProgressBar(sys.stderr)
+
+    def setup_progress(done: int, total: int) -> None:
+        setup_bar(done, total)
+        if done == total:
+            setup_bar.finish()
+
+    async def work(engine: AsyncEngine):
+        try:
+            return await bench.run(
+                engine,
+                get_settings(),
+                cards=args.cards,
+                ratio_bp=args.ratio_bp,
+                batch=args.batch,
+                verify=not args.no_verify,
+                setup_progress=setup_progress,
+                progress=settle_bar,
+            )
+        finally:
+            settle_bar.finish()
+
+    result = _run_with_bench_database(work, pool_size=2)
+    print(f"closure benchmark on {machine()}, a scratch database; {args.cards:,} cards, batches of {args.batch:,}")
+    print(bench.table(result))
+    print(bench.summary(result))
+    print(_totals_table(result.totals))
+    return 0 if result.ok else 1
+
+
 def _run_with_bench_database(work, *, pool_size: int) -> object:
     """Benchmarks write into a scratch database next to the configured one, dropped afterwards."""
     import asyncpg
@@ -326,7 +470,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=os.cpu_count() or 1, help="worker processes of the server it starts"
     )
     bench_flow.set_defaults(func=cmd_bench_flow)
+    bench_closure = bench_commands.add_parser(
+        "closure", help="a merchant with many paid cards closes: freeze, plan and execution timed, then verify"
+    )
+    bench_closure.add_argument("--cards", type=_positive, default=100_000, help="paid cards to settle (default 100000)")
+    bench_closure.add_argument(
+        "--ratio-bp",
+        type=_basis_points,
+        default=10_000,
+        help="custody ratio (basis points) of 3 cards in 4, so set-off and the fund take part (default 10000: full)",
+    )
+    bench_closure.add_argument("--batch", type=_batch_size, default=1000, help="items per settlement transaction")
+    bench_closure.add_argument("--no-verify", action="store_true", help="skip verifying the ledger at the end")
+    bench_closure.set_defaults(func=cmd_bench_closure)
+
+    closure = commands.add_parser("closure", help="closures: execute a settling closure's plan")
+    closure_commands = closure.add_subparsers(dest="closure_command", required=True, metavar="TASK")
+    settle = closure_commands.add_parser(
+        "settle", help="execute a settling closure to the end, batch by batch, with progress; print its totals"
+    )
+    settle.add_argument("closure_id", help="the closure (clo_…), started with POST /v1/closures/{id}/settlement")
+    settle.add_argument(
+        "--batch", type=_batch_size, help="items per transaction (default: ESCROW_CLOSURE_BATCH_SIZE, 1000)"
+    )
+    settle.set_defaults(func=cmd_closure_settle)
     return parser
+
+
+def _int_between(value: str, low: int, high: int) -> int:
+    number = int(value)
+    if not low <= number <= high:
+        raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+    return number
+
+
+def _batch_size(value: str) -> int:
+    return _int_between(value, 1, 20_000)  # as ESCROW_CLOSURE_BATCH_SIZE
+
+
+def _basis_points(value: str) -> int:
+    return _int_between(value, 0, 10_000)
+
+
+def _positive(value: str) -> int:
+    return _int_between(value, 1, 10**8)
 
 
 def main(argv: list[str] | None = None) -> None:

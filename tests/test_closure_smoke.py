@@ -30,7 +30,7 @@ async def test_salon_full_custody(
     plan = await create_plan(client, salon, kind="sessions", sessions=10, price=1000 * YUAN)
     cards = []
     for n in range(3):
-        consumer_id, token = await consumer_token(client, salon, f"1390000100{n}")
+        consumer_id, _token = await consumer_token(client, salon, f"1390000100{n}")
         cards.append(await sell_and_pay(client, salon, bank, plan["id"], consumer_id))
     closure = await order_closure(client, regulator, salon.id)
     assert closure["status"] == "frozen"

@@ -151,7 +151,7 @@ async def list_items(
     limit: FromQuery[int] = 100,
 ) -> Page[ItemOut]:
     limit = check_limit(limit)
-    closure = await service.get(db_session, principal, closure_id)
+    closure = await service.get(db_session, principal, closure_id, items=True)
     after = decode_cursor(cursor)
     if after is not None and not after.isdigit():
         raise FieldInvalid("cursor", "is not a cursor this service issued")
@@ -184,7 +184,7 @@ CSV_HEADER = (
 async def plan_csv(
     closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, request: Request
 ) -> Stream:
-    closure = await service.get(db_session, principal, closure_id)
+    closure = await service.get(db_session, principal, closure_id, items=True)
     sessionmaker = request.app.state.sessionmaker
 
     async def rows() -> AsyncIterator[str]:

@@ -88,9 +88,14 @@ def _visible(principal: Principal, closure: Closure) -> bool:
     )
 
 
-async def get(session: AsyncSession, principal: Principal, closure_id: str, *, lock: bool = False) -> Closure:
+async def get(
+    session: AsyncSession, principal: Principal, closure_id: str, *, lock: bool = False, items: bool = False
+) -> Closure:
+    """A closure the caller may see (``items``: its consumers' items too, which the successor may not)."""
     closure = await session.get(Closure, closure_id)
     if closure is None or not _visible(principal, closure):
+        raise NotFound(f"no closure {closure_id}")
+    if items and principal.role == "merchant" and principal.id != closure.merchant_id:
         raise NotFound(f"no closure {closure_id}")
     if lock:
         closure = await session.get(Closure, closure_id, with_for_update=True, populate_existing=True)
@@ -325,10 +330,12 @@ async def propose_takeover(
 
 async def decide_takeover(session: AsyncSession, principal: Principal, card_id: str, decision: str) -> TakeoverDecision:
     """A consumer accepts the move of a card to the successor, or declines it (and is refunded)."""
-    card = await cards.get(session, principal, card_id, for_update=True)
+    card = await cards.get(session, principal, card_id)
+    # the closure first, then the card: the order the freeze and the settlement lock them in
     closure = await session.scalar(select(Closure).where(Closure.merchant_id == card.merchant_id).with_for_update())
     if closure is None or closure.successor_merchant_id is None or closure.takeover_deadline is None:
         raise InvalidState(f"no takeover is proposed for card {card.id}")
+    card = await cards.lock(session, card.id)
     if closure.status not in OPEN_STATES or utcnow() >= closure.takeover_deadline:
         raise InvalidState(f"the takeover of closure {closure.id} is no longer open (deadline passed or settling)")
     if card.status != "active":

@@ -99,6 +99,8 @@ async def freeze(session: AsyncSession, principal: Principal, account_id: str, r
 async def unfreeze(session: AsyncSession, principal: Principal, account_id: str) -> EscrowAccount:
     account = await get(session, principal, account_id, lock=True)
     _require(account, "frozen")
+    if account.freeze_reason and account.freeze_reason.startswith("closure "):
+        raise InvalidState(f"escrow account {account.id} is frozen by a closure ({account.freeze_reason})")
     account.status = "active"
     account.freeze_reason = None
     await ledger.freeze_book(session, account.id, "none")

@@ -212,9 +212,11 @@ async def report_failed(session: AsyncSession, principal: Principal, instruction
     instruction.failure_reason = reason
     instruction.reported_at = utcnow()
     if instruction.kind in ("transfer", "fund_payout") or (
-        instruction.kind == "payout" and await _closing(session, instruction.book)
+        instruction.kind == "payout" and await _closed(session, instruction.book)
     ):
-        await _replace(session, instruction, principal.id)  # no payout run or job makes these again
+        # no payout run or job makes these again. (A payout failing while a closure is under way is not
+        # replaced: its money stays in merchant_payable, for the set-off and the surplus.)
+        await _replace(session, instruction, principal.id)
     if instruction.refund_id is not None:
         refund = await session.get(Refund, instruction.refund_id, with_for_update=True)
         assert refund is not None
@@ -223,9 +225,10 @@ async def report_failed(session: AsyncSession, principal: Principal, instruction
     return instruction
 
 
-async def _closing(session: AsyncSession, book: str) -> bool:
+async def _closed(session: AsyncSession, book: str) -> bool:
+    """The escrow account was closed by a confirmed closure (its surplus payout is the last one it makes)."""
     account = await session.get(EscrowAccount, book)
-    return account is not None and account.status != "active"
+    return account is not None and account.status == "closed"
 
 
 async def _replace(session: AsyncSession, failed: Instruction, principal: str) -> Instruction:

@@ -1,8 +1,10 @@
-"""closures
+"""Closures: settlement plans and items, takeover decisions, the first-compensation fund's account,
+contributions and recoveries; instructions gain a ledger book, a bank, the states sent and cancelled and the
+kinds transfer and fund_payout; cards can be transferred to a successor; refunds can be caused by a closure.
 
 Revision ID: 0006_closures
 Revises: 0005_cards
-Create Date: 2026-11-25 15:17:11.387939
+Create Date: 2026-11-25 15:00
 """
 
 from collections.abc import Sequence
@@ -233,7 +235,7 @@ def downgrade() -> None:
         unique=True,
         postgresql_where=sa.text("status <> 'failed'"),
     )
-    op.drop_constraint("ck_instructions_book", "instructions", type_="check")
+    op.drop_constraint(op.f("ck_instructions_book"), "instructions", type_="check")
     _checks(OLD_CHECKS)
     op.drop_constraint(op.f("fk_instructions_bank_id_banks"), "instructions", type_="foreignkey")
     op.drop_index("ix_instructions_closure_item", table_name="instructions")
