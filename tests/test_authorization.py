@@ -2,18 +2,20 @@
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from litestar import Litestar
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from escrow.app import create_app
 from escrow.auth.matrix import ALLOWED, OWN, REFUSED, ROLES, markdown, route_access
 from escrow.auth.tokens import issue_token
 from escrow.config import Settings
 from escrow.kit.signing import sign_headers
+from tests.closing import order_closure, setup_fund, start_and_settle
 from tests.parties import (
     Bank,
     Merchant,
@@ -24,6 +26,7 @@ from tests.parties import (
     new_uscc,
     onboard_bank,
     onboard_merchant,
+    onboard_ratio_merchant,
     open_escrow_account,
     regulator_token,
     sell_and_pay,
@@ -57,6 +60,24 @@ class Caller:
 
 
 @dataclass
+class Closures:
+    """The parties and objects of closures (issue 6), apart from the own merchant, which keeps selling."""
+
+    closing: Caller  # a merchant that announced its closure and proposed a successor
+    successor: Caller  # the merchant proposed to take the closing merchant's cards over
+    successor_id: str
+    announcing: Caller  # a merchant with no closure yet: POST /v1/closures closes it
+    ordered_merchant_id: str  # an active merchant the regulator's POST /v1/closures closes
+    ids: dict[str, str]  # "closing" (announced, takeover open), "other" (ordered: frozen), "planned" and
+    # "settling" (frozen, each for one route), "settled" (a ratio merchant's, the fund paid a share)
+    settled_merchant: Caller  # the merchant of the settled closure
+    settled_account: str  # its escrow account: the fund has a subrogated claim on it
+    settled_card: str  # the card its consumer was refunded by the closure
+    settled_consumer: str  # that consumer's token
+    takeover_deadline: str
+
+
+@dataclass
 class World:
     callers: dict[str, Caller]
     own: dict[str, dict[str, str]]  # role -> path parameter -> the caller's own object
@@ -67,9 +88,17 @@ class World:
     # route -> path parameters replacing the caller's own ones there, so that each state-changing route first meets
     # an object in the state it acts on (an open dispute to resolve, a card with no service pending to refund)
     own_by_route: dict[str, dict[str, str]] = field(default_factory=dict)
+    closures: Closures | None = None
+    # "METHOD path" or path -> role -> the caller acting in that role there instead (the closing merchant on the
+    # closure routes, so that the own merchant keeps selling for the routes after them)
+    callers_by_route: dict[str, dict[str, Caller]] = field(default_factory=dict)
 
     def own_for(self, role: str, path: str) -> dict[str, str]:
         return {**self.own[role], **self.own_by_route.get(path, {})}
+
+    def caller_for(self, role: str, method: str, path: str) -> Caller:
+        by_route = self.callers_by_route.get(f"{method} {path}") or self.callers_by_route.get(path) or {}
+        return by_route.get(role, self.callers[role])
 
 
 async def spare(session: AsyncSession, role: str, principal_id: str) -> str:
@@ -136,8 +165,93 @@ async def cards_of(
     }
 
 
+CLOSURE_ROUTES = (
+    "/v1/closures",
+    "/v1/closures/{closure_id}",
+    "/v1/closures/{closure_id}/confirm",
+    "/v1/closures/{closure_id}/items",
+    "/v1/closures/{closure_id}/plan",
+    "/v1/closures/{closure_id}/plan.csv",
+    "/v1/closures/{closure_id}/settlement",
+    "/v1/closures/{closure_id}/takeover",
+)
+
+
+async def closures_of(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    regulator: str,
+    bank: Bank,
+    consumer_id: str,
+    sessionmaker: async_sessionmaker,
+    settings: Settings,
+) -> tuple[Closures, str]:
+    """Closures in every state a closure route acts on, each of its own merchant; returns them and a card of the own
+    consumer at the closing merchant, whose takeover is proposed."""
+    closing = await onboard_merchant(client, regulator, "Closing Gym")
+    successor = await onboard_merchant(client, regulator, "Successor Gym")
+    await open_escrow_account(client, closing, bank)
+    await open_escrow_account(client, successor, bank)
+    registered = await client.post(
+        "/v1/consumers", json={"phone": "13800000001"}, headers={**bearer(closing.token), **key()}
+    )
+    assert registered.status_code == 200 and registered.json()["id"] == consumer_id, registered.text
+    plan_id = (await create_plan(client, closing, kind="sessions", sessions=10, price=10_000))["id"]
+    takeover_card = await sell_and_pay(client, closing, bank, plan_id, consumer_id)
+    announced = await client.post(
+        "/v1/closures",
+        json={"effective_on": (date.today() + timedelta(days=60)).isoformat(), "reason": "moving away"},
+        headers={**bearer(closing.token), **key()},
+    )
+    assert announced.status_code == 201 and announced.json()["status"] == "announced", announced.text
+    closing_id = announced.json()["id"]
+    deadline = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    proposed = await client.post(
+        f"/v1/closures/{closing_id}/takeover",
+        json={"successor_merchant_id": successor.id, "deadline": deadline},
+        headers={**bearer(closing.token), **key()},
+    )
+    assert proposed.status_code == 200, proposed.text
+    ids = {"closing": closing_id}
+    for name, merchant_name in (("other", "Vanished Gym"), ("planned", "Planned Gym"), ("settling", "Settling Gym")):
+        ordered = await order_closure(client, regulator, (await onboard_merchant(client, regulator, merchant_name)).id)
+        assert ordered["status"] == "frozen", ordered
+        ids[name] = ordered["id"]
+    # a ratio merchant vanishes: custody pays its part of the card, the fund the rest, and holds a claim for it
+    await setup_fund(client, regulator, bank, 10_000, bank_transaction_id())
+    bankrupt = await onboard_ratio_merchant(client, regulator, "Bankrupt Gym")
+    bankrupt_account = await open_escrow_account(client, bankrupt, bank)
+    registered = await client.post(
+        "/v1/consumers", json={"phone": "13800000003"}, headers={**bearer(bankrupt.token), **key()}
+    )
+    assert registered.status_code == 201, registered.text
+    bankrupt_consumer = registered.json()["id"]
+    bankrupt_plan = (await create_plan(client, bankrupt, kind="sessions", sessions=10, price=10_000))["id"]
+    bankrupt_card = await sell_and_pay(client, bankrupt, bank, bankrupt_plan, bankrupt_consumer)
+    ids["settled"] = (await order_closure(client, regulator, bankrupt.id))["id"]
+    settled = await start_and_settle(client, regulator, ids["settled"], sessionmaker, settings)
+    assert settled["status"] == "settled" and settled["totals"]["fund_paid"]["amount"] > 0, settled
+    _, bankrupt_consumer_token = await issue_token(session, "consumer", "matrix", principal_id=bankrupt_consumer)
+    await session.commit()
+    return Closures(
+        closing=Caller("merchant", closing.token),
+        successor=Caller("merchant", successor.token),
+        successor_id=successor.id,
+        announcing=Caller("merchant", (await onboard_merchant(client, regulator, "Announcing Gym")).token),
+        ordered_merchant_id=(await onboard_merchant(client, regulator, "Ordered Gym")).id,
+        ids=ids,
+        settled_merchant=Caller("merchant", bankrupt.token),
+        settled_account=bankrupt_account,
+        settled_card=bankrupt_card,
+        settled_consumer=bankrupt_consumer_token,
+        takeover_deadline=deadline,
+    ), takeover_card
+
+
 @pytest.fixture
-async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
+async def world(
+    client: httpx.AsyncClient, session: AsyncSession, sessionmaker: async_sessionmaker, settings: Settings
+) -> World:
     regulator = await regulator_token(session)
     bank, other_bank = await onboard_bank(client, regulator, "OWNB"), await onboard_bank(client, regulator, "OTHB")
     merchant = await onboard_merchant(client, regulator, "Own Gym")
@@ -175,7 +289,24 @@ async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
         "/v1/merchants/{merchant_id}/status": {
             "merchant_id": (await onboard_merchant(client, regulator, "Suspended Gym")).id
         },
+        # the bank takes a pending instruction of its own (the others have been executed or failed by then)
+        "/v1/instructions/{instruction_id}/sent": {
+            "instruction_id": await payout_instruction(client, merchant, card_id, consumer_secret)
+        },
     }
+    closures, takeover_card = await closures_of(client, session, regulator, bank, consumer_id, sessionmaker, settings)
+    # the consumer answers the takeover of its card at the closing merchant; the regulator plans one frozen
+    # closure, starts settling another and confirms the settled one
+    own_by_route |= {
+        "/v1/cards/{card_id}/takeover": {"card_id": takeover_card},
+        "/v1/closures/{closure_id}/plan": {"closure_id": closures.ids["planned"]},
+        "/v1/closures/{closure_id}/settlement": {"closure_id": closures.ids["settling"]},
+        "/v1/closures/{closure_id}/confirm": {"closure_id": closures.ids["settled"]},
+    }
+    # on the closure routes the merchant is the closing one (its own closure, another's is the vanished gym's);
+    # the merchant announcing its closure is one with none yet
+    callers_by_route = {path: {"merchant": closures.closing} for path in CLOSURE_ROUTES}
+    callers_by_route["POST /v1/closures"] = {"merchant": closures.announcing}
     unpaid = await client.post(
         "/v1/cards",
         json={"plan_id": plan_id, "consumer_id": consumer_id},
@@ -198,6 +329,7 @@ async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
         "merchant_id": merchant.id,
         "consumer_id": consumer_id,
         "escrow_account_id": account,
+        "closure_id": closures.ids["closing"],
         **cards,
     }
     own = {role: {**own_objects, "token_id": callers[role].spare_token_id} for role in ROLES}
@@ -208,16 +340,29 @@ async def world(client: httpx.AsyncClient, session: AsyncSession) -> World:
         "consumer_id": other_consumer_id,
         "escrow_account_id": other_account,
         "token_id": other_token,
+        "closure_id": closures.ids["other"],
         **other_cards,
     }
-    return World(callers, own, other, merchant.token, consumer_secret, unpaid.json()["payment"], own_by_route)
+    return World(
+        callers,
+        own,
+        other,
+        merchant.token,
+        consumer_secret,
+        unpaid.json()["payment"],
+        own_by_route,
+        closures,
+        callers_by_route,
+    )
 
 
 async def body_for(
     client: httpx.AsyncClient, world: World, method: str, path: str, params: dict[str, str]
 ) -> dict | None:
-    if method != "POST":
+    if method not in ("POST", "PUT"):
         return None
+    closures = world.closures
+    assert closures is not None
     if path == "/v1/consumer-tokens":
         consumer_id = world.own["merchant"]["consumer_id"]
         code = await client.post(
@@ -272,6 +417,32 @@ async def body_for(
         "/v1/refunds/{refund_id}/reject": {"reason": "matrix"},
         "/v1/instructions/{instruction_id}/failed": {"reason": "matrix"},
         "/v1/payout-runs": {},
+        "/v1/cards/{card_id}/takeover": {"decision": "accept"},
+        # the regulator closes a merchant with no closure yet; a merchant closes itself (merchant_id is the
+        # regulator's field), with the notice it must give
+        "/v1/closures": {
+            "merchant_id": closures.ordered_merchant_id,
+            "effective_on": (date.today() + timedelta(days=60)).isoformat(),
+            "reason": "matrix",
+        },
+        "/v1/closures/{closure_id}/takeover": {
+            "successor_merchant_id": closures.successor_id,
+            "deadline": closures.takeover_deadline,
+        },
+        "/v1/fund/bank-account": {"bank_id": world.own["bank"]["bank_id"], "bank_account_number": "6222111122223333"},
+        "/v1/fund/contributions": {
+            "source_kind": "insurer",
+            "source_name": "matrix",
+            "amount": {"amount": 10_000, "currency": "CNY"},
+            "bank_transaction_id": bank_transaction_id(),
+        },
+        # a recovery of one fen on the fund's claim on the settled closure's escrow account
+        "/v1/fund/recoveries": {
+            "escrow_account_id": closures.settled_account,
+            "amount": {"amount": 1, "currency": "CNY"},
+            "bank_transaction_id": bank_transaction_id(),
+            "note": "matrix",
+        },
     }.get(path, {})
 
 
@@ -304,7 +475,7 @@ async def test_matrix(client: httpx.AsyncClient, app: Litestar, world: World) ->
         if not row.anonymous and anonymous.status_code != 401:
             problems.append(f"{row.method} {row.path} anonymous: {anonymous.status_code}, expected 401")
         for role in ROLES:
-            caller = world.callers[role]
+            caller = world.caller_for(role, row.method, row.path)
             expected = row.access[role]
             own = await call(client, world, caller, row.method, row.path, world.own_for(role, row.path))
             other = await call(client, world, caller, row.method, row.path, world.other)
@@ -388,3 +559,128 @@ class TestAbuseLimit:
         assert statuses == [401, 401, 401, 429]
         blocked = await client.get("/v1/me", headers=bearer("esk_reg_guess"))
         assert blocked.json()["code"] == "too_many_auth_failures" and int(blocked.headers["retry-after"]) > 0
+
+
+class TestClosuresAndFundKeepToTheirParties:
+    """Lists and objects of closures and the fund: a merchant sees only the closures it is a party to, a consumer
+    only its own statements, a bank only its own instructions, and the fund only the regulator."""
+
+    async def test_a_merchant_lists_only_the_closures_it_is_party_to(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        closures = world.closures
+        assert closures is not None
+
+        async def listed(caller: Caller) -> set[str]:
+            response = await client.get("/v1/closures", **caller.auth())
+            assert response.status_code == 200, response.text
+            return {closure["id"] for closure in response.json()}
+
+        assert set(closures.ids.values()) <= await listed(world.callers["regulator"])
+        assert await listed(closures.closing) == {closures.ids["closing"]}
+        assert await listed(closures.settled_merchant) == {closures.ids["settled"]}
+        # the successor sees the closure whose cards it may take over, and no other
+        assert await listed(closures.successor) == {closures.ids["closing"]}
+        assert await listed(world.callers["merchant"]) == set()
+
+    async def test_another_merchants_closure_its_items_and_plan_are_404(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        closures = world.closures
+        assert closures is not None
+        settled = closures.ids["settled"]
+        regulator, own = world.callers["regulator"], closures.settled_merchant
+        items = await client.get(f"/v1/closures/{settled}/items", **regulator.auth())
+        assert items.status_code == 200 and len(items.json()["items"]) == 1, items.text
+        csv = await client.get(f"/v1/closures/{settled}/plan.csv", **own.auth())
+        assert csv.status_code == 200 and closures.settled_card in csv.text, csv.text
+        assert (await client.get(f"/v1/closures/{settled}/items", **own.auth())).json() == items.json()
+        for caller in (closures.closing, closures.successor, world.callers["merchant"]):
+            for suffix in ("", "/items", "/plan.csv"):
+                response = await client.get(f"/v1/closures/{settled}{suffix}", **caller.auth())
+                assert response.status_code == 404, (suffix, response.text)
+                assert closures.settled_card not in response.text
+        for role in ("bank", "consumer"):
+            response = await client.get(f"/v1/closures/{settled}/items", **world.callers[role].auth())
+            assert response.status_code == 403, response.text
+
+    async def test_only_the_closing_merchant_proposes_its_successor(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        closures = world.closures
+        assert closures is not None
+        closing = closures.ids["closing"]
+        proposal = {
+            "successor_merchant_id": world.own["merchant"]["merchant_id"],
+            "deadline": closures.takeover_deadline,
+        }
+        for caller in (closures.successor, world.callers["merchant"]):
+            response = await client.post(
+                f"/v1/closures/{closing}/takeover", json=proposal, headers={**caller.auth()["headers"], **key()}
+            )
+            assert response.status_code == 404, response.text
+        shown = await client.get(f"/v1/closures/{closing}", **world.callers["regulator"].auth())
+        assert shown.json()["successor_merchant_id"] == closures.successor_id, shown.text
+
+    async def test_a_merchant_cannot_close_another_merchant(self, client: httpx.AsyncClient, world: World) -> None:
+        other_merchant = world.other["merchant_id"]
+        response = await client.post(
+            "/v1/closures",
+            json={
+                "merchant_id": other_merchant,
+                "effective_on": (date.today() + timedelta(days=60)).isoformat(),
+                "reason": "not mine to close",
+            },
+            headers={**bearer(world.merchant_token), **key()},
+        )
+        # merchant_id is the regulator's field: a merchant only ever announces its own closure
+        assert response.status_code in (201, 403, 422), response.text
+        if response.status_code == 201:
+            assert response.json()["merchant_id"] == world.own["merchant"]["merchant_id"], response.text
+        regulator = world.callers["regulator"]
+        listed = await client.get("/v1/closures", **regulator.auth())
+        assert other_merchant not in {closure["merchant_id"] for closure in listed.json()}, listed.text
+        merchant = await client.get(f"/v1/merchants/{other_merchant}", **regulator.auth())
+        assert merchant.status_code == 200 and merchant.json()["status"] == "active", merchant.text
+
+    async def test_a_consumer_sees_only_its_own_closure_statements(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        closures = world.closures
+        assert closures is not None
+        theirs = await client.get("/v1/me/closure-statements", headers=bearer(closures.settled_consumer))
+        assert theirs.status_code == 200, theirs.text
+        assert [statement["card_id"] for statement in theirs.json()] == [closures.settled_card]
+        mine = await client.get("/v1/me/closure-statements", headers=bearer(world.consumer_token))
+        assert mine.status_code == 200 and mine.json() == [], mine.text
+
+    @pytest.mark.parametrize("path", ["/v1/fund", "/v1/fund/claims", "/v1/fund/contributions"])
+    async def test_the_fund_is_the_regulators_only(self, client: httpx.AsyncClient, world: World, path: str) -> None:
+        closures = world.closures
+        assert closures is not None
+        shown = await client.get(path, **world.callers["regulator"].auth())
+        assert shown.status_code == 200, shown.text
+        if path == "/v1/fund/claims":
+            claims = {claim["escrow_account_id"]: claim["outstanding"]["amount"] for claim in shown.json()}
+            assert claims.get(closures.settled_account, 0) > 0, shown.text
+        # not even the merchant the fund holds a claim on, nor the consumer it compensated
+        for caller in (
+            world.callers["bank"],
+            world.callers["merchant"],
+            world.callers["consumer"],
+            closures.settled_merchant,
+            Caller("consumer", closures.settled_consumer),
+        ):
+            response = await client.get(path, **caller.auth())
+            assert response.status_code == 403, (caller.role, response.text)
+        assert (await client.get(path)).status_code == 401
+
+    async def test_a_bank_takes_only_its_own_instructions(self, client: httpx.AsyncClient, world: World) -> None:
+        bank, theirs = world.callers["bank"], world.other["instruction_id"]
+        taken = await client.post(f"/v1/instructions/{theirs}/sent", headers=key(), auth=bank.bank.auth)
+        assert taken.status_code == 404, taken.text
+        shown = await client.get(f"/v1/instructions/{theirs}", **world.callers["regulator"].auth())
+        assert shown.status_code == 200 and shown.json()["status"] == "pending", shown.text
+        listed = await client.get("/v1/instructions", params={"limit": 200}, auth=bank.bank.auth)
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"] and {i["bank_id"] for i in listed.json()["items"]} == {bank.bank.id}

@@ -126,15 +126,20 @@ async def set_custody_model(client: httpx.AsyncClient, regulator: str, merchant:
 
 @dataclass
 class Shop:
-    """A merchant (custody model switchable), its bank and escrow account(s), and its consumers' tokens."""
+    """A merchant (custody model switchable), its escrow account(s) each at a bank of its own, and its consumers'
+    tokens."""
 
     client: httpx.AsyncClient
     regulator: str
     merchant: Merchant
-    bank: Bank
+    banks: list[Bank]
     accounts: list[str]
     tokens: dict[str, str] = field(default_factory=dict)  # consumer id -> token
     cards: dict[str, str] = field(default_factory=dict)  # card id -> consumer id
+
+    @property
+    def bank(self) -> Bank:
+        return self.banks[0]
 
     async def consumer(self) -> str:
         consumer_id, token = await consumer_token(self.client, self.merchant, new_phone())
@@ -161,7 +166,7 @@ class Shop:
                     "bank_transaction_id": bank_transaction_id(),
                 },
                 headers=key(),
-                auth=self.bank.auth,
+                auth=self.banks[self.accounts.index(sold["card"]["escrow_account_id"])].auth,
             )
         )
         assert paid["status"] == "active", paid
@@ -213,11 +218,13 @@ class Shop:
 async def build_shop(
     client: httpx.AsyncClient, regulator: str, rating: str = "A", accounts: int = 1, bank: Bank | None = None
 ) -> Shop:
-    """A merchant on the ratio model (rating A: 40 %, B: 60 %) with ``accounts`` active escrow accounts."""
-    bank = bank or await onboard_bank(client, regulator, new_bank_code("SHB"))
+    """A merchant on the ratio model (rating A: 40 %, B: 60 %) with ``accounts`` active escrow accounts (the
+    first at ``bank`` when given, each at a bank of its own)."""
+    banks = [bank or await onboard_bank(client, regulator, new_bank_code("SHB"))]
+    banks += [await onboard_bank(client, regulator, new_bank_code("SHB")) for _ in range(accounts - 1)]
     merchant = await onboard_ratio_merchant(client, regulator, f"Shop {next(_banks)}", rating)
-    opened = [await open_escrow_account(client, merchant, bank) for _ in range(accounts)]
-    return Shop(client, regulator, merchant, bank, opened)
+    opened = [await open_escrow_account(client, merchant, b) for b in banks]
+    return Shop(client, regulator, merchant, banks, opened)
 
 
 # --- reading the outcome straight from the database ---------------------------------------------------------

@@ -38,7 +38,6 @@ from tests.closing import (
 )
 from tests.parties import (
     account_totals,
-    bank_transaction_id,
     bearer,
     card_detail,
     consumer_token,
@@ -141,7 +140,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
         plan = await create_plan(client, salon, kind="sessions", sessions=10, price=1000 * YUAN)  # 100 yuan a session
         consumers = [await consumer_token(client, salon, f"1390001000{n}") for n in range(3)]
         card1, card2, card3 = [await sell_and_pay(client, salon, bank, plan["id"], c) for c, _ in consumers]
-        (_, ann), (_, bo), (_, chen) = consumers
+        (_, ann), (_, bo), _ = consumers
         assert [card1, card2, card3] == sorted([card1, card2, card3])  # plan order is card order
 
         # Ann has 2 sessions (200 yuan), paid out to the salon by the bank
@@ -253,7 +252,11 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "closure",
             90000,
         )
-        for (_, token), card, unused in ((consumers[0], card1, 80000), (consumers[1], card2, 90000), (consumers[2], card3, 100000)):
+        for (_, token), card, unused in (
+            (consumers[0], card1, 80000),
+            (consumers[1], card2, 90000),
+            (consumers[2], card3, 100000),
+        ):
             assert await statements(client, token) == [
                 statement_of(closure_id, card, by_card[card]["refund_id"], unused=unused, from_custody=unused)
             ]
@@ -321,7 +324,7 @@ class TestGymUnderFortyPercentCustodyVanishes:
             "refunded": 0,
         }
         assert await account_totals(client, regulator, account) == {
-            "custody_cash": 120000,  # 3 × 400 yuan
+            "custody_cash": 120000,  # 3 x 400 yuan
             "cards_protected": 112000,  # 320 + 400 + 400
             "cards_unprotected": 168000,  # 480 + 600 + 600
             "merchant_payable": 8000,  # not paid out: the set-off pool
@@ -421,7 +424,9 @@ class TestGymUnderFortyPercentCustodyVanishes:
         ]
         for (_, token), item, (u, p, s, f) in zip(consumers, listed, expected, strict=True):
             assert await statements(client, token) == [
-                statement_of(closure_id, item["card_id"], item["refund_id"], unused=u, from_custody=p, set_off=s, fund_paid=f)
+                statement_of(
+                    closure_id, item["card_id"], item["refund_id"], unused=u, from_custody=p, set_off=s, fund_paid=f
+                )
             ]
         assert card_amounts(await card_detail(client, eva, cards[1]))["refunded"] == 100000
         assert card_amounts(await card_detail(client, fay, cards[2]))["status"] == "closed_settled"
@@ -566,7 +571,13 @@ class TestFundTooSmall:
         assert recovery.status_code == 201, recovery.text
         assert recovery.json()["owed_payments_made"] == 0
         assert await fund_claims(client, regulator) == [
-            {"escrow_account_id": account, "merchant_id": gym.id, "paid": 162000, "recovered": 50000, "outstanding": 112000}
+            {
+                "escrow_account_id": account,
+                "merchant_id": gym.id,
+                "paid": 162000,
+                "recovered": 50000,
+                "outstanding": 112000,
+            }
         ]
         assert await fund_overview(client, regulator) == {
             "cash": 68000,
@@ -743,6 +754,9 @@ class TestTrainingCentreTakenOver:
             statement_of(closure_id, cat_card, by_card[cat_card]["refund_id"], unused=180000, from_custody=180000)
         ]
         assert (await client.get(f"/v1/closures/{closure_id}", headers=bearer(successor.token))).status_code == 200
+        # the successor sees the closure it takes part in, not the other consumers' items
+        hidden = await client.get(f"/v1/closures/{closure_id}/items", headers=bearer(successor.token))
+        assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
         confirmed = await client.post(f"/v1/closures/{closure_id}/confirm", headers={**bearer(regulator), **key()})
         assert confirmed.status_code == 200 and confirmed.json()["surplus_instructions"] == [], confirmed.text
         assert amy_id == moved["consumer_id"]

@@ -176,6 +176,8 @@ async def consumer_statements(session: AsyncSession, consumer_id: str) -> list[C
 
 async def open_closure(session: AsyncSession, settings: Settings, principal: Principal, data: ClosureCreate) -> Closure:
     """The merchant announces its closure, or the regulator orders one (at once, or from a date)."""
+    if principal.role == "merchant" and data.merchant_id not in (None, principal.id):
+        raise FieldInvalid("merchant_id", "a merchant can only announce its own closure: leave merchant_id out")
     merchant_id = principal.id if principal.role == "merchant" else data.merchant_id
     if merchant_id is None:
         raise FieldInvalid("merchant_id", "required: the merchant to close")

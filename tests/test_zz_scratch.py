@@ -1,0 +1,21 @@
+from tests.test_closure_crash import *  # noqa
+
+async def test_scratch(client, session, engine, settings, sessionmaker):
+    regulator = await regulator_token(session)
+    shop = await build_shop(client, regulator, "A")
+    plan_id = await shop.plan(kind="sessions", sessions=10, price=10_000)
+    consumer = await shop.consumer()
+    card = await shop.sell(plan_id, consumer)
+    a = await shop.consume(card["id"], sessions=2)
+    b = await shop.consume(card["id"], sessions=3)
+    closure = await order_closure(client, regulator, shop.merchant.id)
+    print("DETAIL", await shop.detail(card["id"]))
+    print("ROW", await rows(session, "SELECT price, consumed, units_used, protected_out, protected_paid FROM cards WHERE id=:c", c=card["id"]))
+    report = await verify_database(engine)
+    print("VERIFY", [(c.name, c.ok) for c in report.checks])
+    await start_settlement(client, regulator, closure["id"])
+    await closures.settle(sessionmaker, settings, closure["id"])
+    print("ITEMS", [dict(i) for i in await closure_items(session, closure["id"])])
+    report = await verify_database(engine)
+    print("VERIFY2", [(c.name, c.ok, getattr(c, 'details', None)) for c in report.checks if not c.ok])
+    print(await shop.totals())
