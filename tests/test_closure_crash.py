@@ -286,7 +286,7 @@ async def check_settled(session: AsyncSession, engine: AsyncEngine, closure_id: 
     closure = await closure_row(session, closure_id)
     items = await closure_items(session, closure_id)
     assert closure["status"] == "settled", closure
-    assert closure["items_done"] == closure["items_total"] == len(items) > 0
+    assert closure["items_done"] == closure["items_total"] == len(items)
     assert all(i["status"] == "done" for i in items), [i for i in items if i["status"] != "done"]
     ids = [i["id"] for i in items]
     instructions = await rows(
@@ -601,7 +601,6 @@ async def test_a_runner_crashing_while_another_runs_leaves_the_rest_to_it(
         ),
         120,
     )
-    print("OUTCOME", outcome, crashing.fired)
     # the crashing runner either crashed or found the work finished by the other first
     assert isinstance(outcome[0], Crash) or (not crashing.fired and outcome[0].status == "settled"), outcome
     assert not isinstance(outcome[1], BaseException) and outcome[1].status == "settled", outcome
@@ -648,3 +647,40 @@ async def test_a_failure_in_the_middle_of_the_freeze_changes_nothing(
     planned = flat((await compute_plan(client, regulator, closure["id"]))["totals"])
     assert planned["unused"] == 10_000 - pending["value"]["amount"], planned
     await assert_verified(engine)
+
+
+@pytest.mark.xfail(
+    reason="BUG: escrow/closures/service.py freeze(): each held service's card is re-read with cards.lock() "
+    "(populate_existing=True) before it is voided, which throws away the unflushed counters the previous void of "
+    "the same card wrote; with two or more pending services on a card only the last void reaches the card row, so "
+    "the card keeps the consumed value, units and protected_out of the others and the closure refunds that much less",
+    strict=True,
+)
+async def test_the_freeze_gives_back_every_pending_service_of_a_card(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    settings: Settings,
+    sessionmaker: async_sessionmaker,
+) -> None:
+    regulator = await regulator_token(session)
+    shop = await build_shop(client, regulator, "A")
+    plan_id = await shop.plan(kind="sessions", sessions=10, price=10_000)
+    card = await shop.sell(plan_id, await shop.consumer())
+    held = [await shop.consume(card["id"], sessions=2), await shop.consume(card["id"], sessions=3)]
+    closure = await order_closure(client, regulator, shop.merchant.id)
+    for consumption in held:
+        voided = ok(await client.get(f"/v1/consumptions/{consumption['id']}", headers=bearer(regulator)))
+        assert voided["status"] == "voided"
+    detail = await shop.detail(card["id"])
+    assert (detail["value_remaining"], detail["units_remaining"], detail["protected"]) == (10_000, 10, 4_000)
+    await start_settlement(client, regulator, closure["id"])
+    await closures.settle(sessionmaker, settings, closure["id"])
+    await check_settled(session, engine, closure["id"])
+    [item] = await closure_items(session, closure["id"])
+    totals = await shop.totals()
+    # the whole price comes back (nothing was delivered), and nothing is left on the closed card
+    assert (item["unused"], item["from_custody"]) == (10_000, 4_000), dict(item)
+    assert totals["cards_protected"] == totals["cards_unprotected"] == 0, totals
+    row = await rows(session, "SELECT consumed, units_used, protected_out FROM cards WHERE id = :c", c=card["id"])
+    assert dict(row[0]) == {"consumed": 0, "units_used": 0, "protected_out": 4_000}, row

@@ -139,7 +139,7 @@ async def test_merchant_announcing_with_too_short_notice_is_refused(
     assert sold.status_code == 201, sold.text
 
 
-async def test_a_merchant_always_closes_itself_whatever_id_it_names(
+async def test_a_merchant_cannot_announce_another_merchants_closure(
     client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
     shop = await open_shop(client, session, "SELF", "1390101000")
@@ -154,11 +154,12 @@ async def test_a_merchant_always_closes_itself_whatever_id_it_names(
             "reason": "x",
         },
     )
-    assert announced.status_code == 201, announced.text
-    assert announced.json()["merchant_id"] == shop.merchant.id
-    assert await merchant_status(client, shop.regulator, shop.merchant.id) == "closing"
+    refused(announced, 422, "validation_failed")
+    assert announced.json()["errors"][0]["field"] == "merchant_id"
+    assert await merchant_status(client, shop.regulator, shop.merchant.id) == "active"  # nothing happened
     assert await merchant_status(client, shop.regulator, other.merchant.id) == "active"
-    assert await closures_of(client, other.merchant.token) == []  # the other merchant has no closure
+    assert await closures_of(client, other.merchant.token) == []
+    assert await closures_of(client, shop.merchant.token) == []
     sold = await post(
         client, other.merchant.token, "/v1/cards", {"plan_id": other.plan["id"], "consumer_id": other.consumers[0][0]}
     )
@@ -189,12 +190,6 @@ async def test_a_merchant_is_closed_only_once(
     assert (await closure_totals(client, shop.regulator, first["id"]))["status"] == "frozen"
 
 
-@pytest.mark.xfail(
-    reason="BUG: escrow/cards/service.py sell() resolves the escrow account before check_sales_open(): once a "
-    "closure froze the account, a sale is refused 422 validation_failed (field escrow_account_id) instead of "
-    "409 sales_stopped",
-    strict=True,
-)
 async def test_a_sale_after_an_ordered_closure_is_refused_as_sales_stopped(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
@@ -382,26 +377,20 @@ async def test_unpaid_sales_are_cancelled_at_the_freeze_and_a_late_deposit_is_ke
         headers=key(),
         auth=shop.bank.auth,
     )
-    refused(late, 409, "deposit_refused")
+    assert refused(late, 409, "deposit_refused")["reason"] == "card_cancelled"
     assert await card_statuses(client, shop.merchant.token) == {shop.cards[0]: "active", unpaid: "cancelled"}
     assert await account_totals(client, shop.regulator, shop.account) == before
     kept = await client.get("/v1/unapplied-deposits", auth=shop.bank.auth)
     assert kept.status_code == 200, kept.text
     [row] = [d for d in kept.json() if d["bank_transaction_id"] == transaction]
     assert (row["payment_reference"], row["amount"]["amount"]) == (payment["payment_reference"], 100000)
-    assert f"card {unpaid} is cancelled" in row["detail"]
+    assert row["reason"] == "card_cancelled" and f"card {unpaid} was cancelled unpaid" in row["detail"]
     # the plan knows only the paid card
     await compute_plan(client, shop.regulator, closure_id)
     assert [i["card_id"] for i in await items(client, shop.regulator, closure_id)] == [shop.cards[0]]
     await verified(engine)
 
 
-@pytest.mark.xfail(
-    reason="BUG: escrow/cards/service.py balances() reads the ledger accounts of every card not awaiting payment; "
-    "a sale the freeze cancelled was never paid and has none, so GET /v1/cards/{id} answers 422 "
-    "ledger_account_unknown instead of the cancelled card with zero balances",
-    strict=True,
-)
 async def test_a_sale_cancelled_at_the_freeze_can_still_be_read(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
@@ -540,13 +529,6 @@ async def test_a_failed_closure_refund_is_instructed_again_by_the_jobs(
     await verified(engine)
 
 
-@pytest.mark.xfail(
-    reason="BUG: escrow/closures/service.py _settle_claim() makes the set-off refund of an earlier claim without a "
-    "refund_id; when the bank fails it, escrow/payouts/service.py report_failed() neither replaces it (only "
-    "transfer, fund_payout and closing payouts are) nor can reinstruct_refunds() find it (it works from Refund "
-    "rows): the set-off stays in refund_payable with no instruction, never paid",
-    strict=True,
-)
 async def test_a_failed_set_off_of_an_earlier_claim_is_instructed_again(
     client: httpx.AsyncClient, session: AsyncSession, engine, settings: Settings, sessionmaker: async_sessionmaker
 ) -> None:

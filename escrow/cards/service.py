@@ -170,6 +170,8 @@ async def sell(
     merchant = await session.get(Merchant, principal.id, with_for_update=True)
     if merchant is None:
         raise NotFound(f"no merchant {principal.id}")
+    if merchant.status != "active":  # before anything else: a closing merchant's accounts are frozen too
+        raise SalesStopped(f"merchant {merchant.id} is {merchant.status}: no sales")
     plan = await session.get(Plan, data.plan_id)
     if plan is None or plan.merchant_id != merchant.id:
         raise FieldInvalid("plan_id", f"no plan {data.plan_id} of this merchant")
@@ -278,6 +280,8 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
             f"bank transaction {data.bank_transaction_id} already paid card {paid_elsewhere}",
             409,
         )
+    if card.status == "cancelled":
+        raise refuse("card_cancelled", f"card {card.id} was cancelled unpaid (its merchant closed)", 409)
     if card.status != "awaiting_payment":
         raise refuse("already_paid", f"card {card.id} is {card.status}; this payment can't be applied", 409)
     if data.amount.amount != card.price:
@@ -347,7 +351,7 @@ class CardBalances:
 
 
 async def balances(session: AsyncSession, card: Card) -> CardBalances:
-    if card.status == "awaiting_payment":
+    if card.status in ("awaiting_payment", "cancelled"):  # never paid: no ledger accounts
         return CardBalances(0, 0, 0)
     protected = await ledger.balance(session, card.escrow_account_id, card_code(card.id))
     unprotected_posted = unprotected_pending = 0

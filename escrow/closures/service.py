@@ -746,7 +746,7 @@ async def _transfer(
         predecessor_card_id=card.id,
     )
     session.add(successor_card)
-    await session.flush([successor_card])
+    await session.flush()
     link = await session.get(ConsumerLink, (card.consumer_id, closure.successor_merchant_id))
     if link is None:
         session.add(ConsumerLink(consumer_id=card.consumer_id, merchant_id=closure.successor_merchant_id))

@@ -211,8 +211,10 @@ async def report_failed(session: AsyncSession, principal: Principal, instruction
     instruction.status = "failed"
     instruction.failure_reason = reason
     instruction.reported_at = utcnow()
-    if instruction.kind in ("transfer", "fund_payout") or (
-        instruction.kind == "payout" and await _closed(session, instruction.book)
+    if (
+        instruction.kind in ("transfer", "fund_payout")
+        or (instruction.kind == "refund" and instruction.refund_id is None)  # a closure's set-off of an old claim
+        or (instruction.kind == "payout" and await _closed(session, instruction.book))
     ):
         # no payout run or job makes these again. (A payout failing while a closure is under way is not
         # replaced: its money stays in merchant_payable, for the set-off and the surplus.)
