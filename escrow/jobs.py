@@ -93,6 +93,9 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     async def freeze(session: AsyncSession) -> int:
         return await closures.freeze_due(session, settings, now, 1)  # one merchant's freeze per transaction
 
+    async def release(session: AsyncSession) -> int:
+        return await closures.release_due(session)
+
     async def settle(session: AsyncSession) -> int:
         return await closures.settle_next(session, settings)
 
@@ -109,6 +112,7 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
         ("holds_expired", holds, limit),
         ("refunds_reinstructed", reinstruct, limit),
         ("closures_frozen", freeze, 1),
+        ("closure_holds_released", release, 1),
         ("closure_items_settled", settle, settings.closure_batch_size),
         ("fund_owed_payments", owed, limit),
         ("bank_nonces_forgotten", nonces, limit),

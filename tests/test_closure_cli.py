@@ -32,9 +32,11 @@ YUAN = 100
 
 
 def escrow(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own; output decoded as is (text mode would turn the bar's \\r into \\n)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESCROW_")}
     env.update(ESCROW_DATABASE_URL=db_url, ESCROW_LOG_FORMAT="json", ESCROW_LOG_LEVEL="WARNING")
-    return subprocess.run([sys.executable, "-m", "escrow", *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "escrow", *args], env=env, capture_output=True, timeout=120)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 async def closing_salon(client: httpx.AsyncClient, session: AsyncSession, cards: int) -> tuple[str, str]:
@@ -162,7 +164,13 @@ class TestClosureBench:
         monkeypatch.setattr(bench, "CHUNK", 40)
         chunks: list[tuple[int, int]] = []
         result = await bench.run(
-            engine, settings, cards=100, ratio_bp=4_000, batch=30, verify=True, setup_progress=lambda d, t: chunks.append((d, t))
+            engine,
+            settings,
+            cards=100,
+            ratio_bp=4_000,
+            batch=30,
+            verify=True,
+            setup_progress=lambda d, t: chunks.append((d, t)),
         )
         assert chunks == [(0, 100), (40, 100), (80, 100), (100, 100)]
         assert result.ok and result.totals.done == 100 and result.verify_ok

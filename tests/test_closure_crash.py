@@ -649,13 +649,6 @@ async def test_a_failure_in_the_middle_of_the_freeze_changes_nothing(
     await assert_verified(engine)
 
 
-@pytest.mark.xfail(
-    reason="BUG: escrow/closures/service.py freeze(): each held service's card is re-read with cards.lock() "
-    "(populate_existing=True) before it is voided, which throws away the unflushed counters the previous void of "
-    "the same card wrote; with two or more pending services on a card only the last void reaches the card row, so "
-    "the card keeps the consumed value, units and protected_out of the others and the closure refunds that much less",
-    strict=True,
-)
 async def test_the_freeze_gives_back_every_pending_service_of_a_card(
     client: httpx.AsyncClient,
     session: AsyncSession,

@@ -535,13 +535,6 @@ class TestPlanStatement:
         event("fund short" if sum(e.demand for e in expected) > population["available"] else "fund enough")
         event("cap binds" if any(i["unpaid"] for i in items) else "cap free")
 
-    @pytest.mark.xfail(
-        reason="BUG: _PLAN computes floor(x::numeric * C / T) with PostgreSQL numeric division, which rounds the "
-        "quotient to a limited scale (about 16 significant digits), so the floor can come out one too high for "
-        "large pools/fund balances (quotient >= 10^8 fen and T >= 2*10^8 fen): an item gets 1 fen more than the "
-        "documented cumulative rule and the next one 1 fen less",
-        strict=True,
-    )
     async def test_pro_rata_shares_are_exact_for_large_amounts(
         self, client: httpx.AsyncClient, session: AsyncSession, settings: Settings
     ) -> None:

@@ -422,6 +422,7 @@ async def test_an_unsent_payout_is_cancelled_at_the_freeze_a_sent_one_still_comp
     assert (await account_totals(client, shop.regulator, shop.account))["payouts_in_flight"] == 30000
 
     closure_id = (await order_closure(client, shop.regulator, shop.merchant.id))["id"]
+    assert (await run_jobs_once(sessionmaker, settings))["closure_holds_released"] == 1  # right after the freeze
     assert [(i["id"], i["status"]) for i in await instructions(client, shop.bank, "cancelled")] == [
         (waiting["id"], "cancelled")
     ]

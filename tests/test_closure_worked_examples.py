@@ -174,10 +174,15 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "cards_awaiting_payment": 0,
         }
 
-        # the regulator orders the closure: frozen at once, Bo's unconfirmed session is voided
+        # the regulator orders the closure: frozen at once; Bo can no longer confirm the session still held …
         closure = await order_closure(client, regulator, salon.id, "licence revoked")
         assert (closure["mode"], closure["status"]) == ("ordered", "frozen")
         closure_id = closure["id"]
+        late = await client.post(f"/v1/consumptions/{held['id']}/confirm", headers={**bearer(bo), **key()})
+        assert late.status_code == 423 and late.json()["code"] == "account_frozen", late.text
+        # … and the jobs void it right after the freeze: its value goes back on the card
+        report = await run_jobs_once(sessionmaker, settings)
+        assert report["closure_holds_released"] == 1
         voided = await client.get(f"/v1/consumptions/{held['id']}", headers=bearer(bo))
         assert voided.json()["status"] == "voided"
         assert card_amounts(await card_detail(client, bo, card2)) == {

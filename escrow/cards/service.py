@@ -96,6 +96,7 @@ def release_legs(card: Card, protected: int, unprotected: int) -> list[ledger.Le
 
 
 async def lock(session: AsyncSession, card_id: str) -> Card:
+    await session.flush()  # re-reading the row must not throw away changes not yet written
     card = await session.get(Card, card_id, with_for_update=True, populate_existing=True)
     if card is None:
         raise NotFound(f"no card {card_id}")

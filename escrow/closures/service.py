@@ -4,10 +4,11 @@ The life of a closure:
 
 1. **Announced** by the merchant (effective ≥ ``closure_notice_days`` ahead: sales stop at once, services go
    on until the date) or **ordered** by the regulator (effective at once). The merchant is ``closing``.
-2. **Frozen** on the effective date (a job, or at once when ordered), in one transaction per merchant: behind
-   the ledger's cut-off lock, services still awaiting confirmation are voided, payouts the bank has not taken
-   are cancelled, open refund requests are superseded, unpaid sales are cancelled, and the escrow accounts are
-   frozen (the ledger refuses every movement except a settlement's; see ``ledger.settlement_window``).
+2. **Frozen** on the effective date (a job, or at once when ordered), in one transaction per merchant: open
+   refund requests are superseded, unpaid sales cancelled, and the escrow accounts frozen behind the ledger's
+   cut-off lock (the ledger refuses every movement except a settlement's; see ``ledger.settlement_window``).
+   Right after, in a transaction of its own (the jobs, or computing the plan), services still awaiting
+   confirmation are voided and payouts the bank has not taken are cancelled (``release_holds``).
 3. The **plan** is computed by one set-based statement: one item per card with value left (and per earlier
    refund the merchant still owes), saying what custody pays, what the merchant's unpaid ``merchant_payable``
    covers by set-off, what the first-compensation fund pays within its cap (pro rata when it is short, the rest
@@ -223,7 +224,11 @@ async def open_closure(session: AsyncSession, settings: Settings, principal: Pri
 
 
 async def freeze(session: AsyncSession, closure: Closure, principal: str) -> None:
-    """The closure moment, in one transaction: see the module's docstring (step 2)."""
+    """The closure moment, in one transaction: no sales, no services, no releases, no payouts from here on.
+
+    Row changes come first and the ledger's cut-off last (movements under way finish first, none starts after it
+    unseen): nothing is locked after the cut-off, so no transaction waiting on the ledger can be waiting on this
+    one. What is still held (services, payouts the bank hasn't taken) is released next, by ``release_holds``."""
     now = utcnow()
     accounts = list(
         await session.scalars(
@@ -233,30 +238,6 @@ async def freeze(session: AsyncSession, closure: Closure, principal: str) -> Non
             .with_for_update()
         )
     )
-    for account in accounts:
-        # the cut-off: movements under way finish first, none starts after it unseen
-        await ledger.freeze_book(session, account.id, "all")
-        async with ledger.settlement_window(session, account.id):
-            held = await session.scalars(
-                select(Consumption.id)
-                .where(
-                    Consumption.escrow_account_id == account.id,
-                    Consumption.status.in_(("pending_confirmation", "disputed")),
-                )
-                .order_by(Consumption.card_id, Consumption.id)
-            )
-            for consumption_id in list(held):
-                consumption = await session.get(Consumption, consumption_id)
-                assert consumption is not None
-                card = await cards.lock(session, consumption.card_id)
-                consumption = await session.get(
-                    Consumption, consumption_id, with_for_update=True, populate_existing=True
-                )
-                assert consumption is not None
-                await consumptions.void(session, card, consumption, f"closure:{closure.id}")
-            await payouts.cancel_unsent_payouts(session, account.id, f"closure:{closure.id}")
-        account.status = "frozen"
-        account.freeze_reason = f"{payouts.CLOSURE_FREEZE}{closure.id}"
     await session.execute(
         update(Refund)
         .where(
@@ -270,9 +251,95 @@ async def freeze(session: AsyncSession, closure: Closure, principal: str) -> Non
         .where(Card.merchant_id == closure.merchant_id, Card.status == "awaiting_payment")
         .values(status="cancelled", closed_at=now)
     )
+    for account in accounts:
+        account.status = "frozen"
+        account.freeze_reason = f"{payouts.CLOSURE_FREEZE}{closure.id}"
     closure.status = "frozen"
     closure.frozen_at = now
     await session.flush()
+    for account in accounts:
+        await ledger.freeze_book(session, account.id, "all")
+
+
+async def release_holds(session: AsyncSession, closure: Closure) -> int:
+    """After the freeze, in a transaction of its own: void the services still held on the cards (their value goes
+    back on the card) and cancel the payouts the bank hasn't taken. Idempotent; returns how many it released.
+
+    The rows are locked first and the ledger's cut-off (``settlement_window``) last — the order every movement
+    takes them in (a consumer's late confirmation holds its card, then meets the frozen ledger and gives up)."""
+    await session.flush()
+    principal = f"closure:{closure.id}"
+    released = 0
+    accounts = await session.scalars(
+        select(EscrowAccount.id)
+        .where(
+            EscrowAccount.merchant_id == closure.merchant_id,
+            EscrowAccount.freeze_reason == f"{payouts.CLOSURE_FREEZE}{closure.id}",
+        )
+        .order_by(EscrowAccount.id)
+    )
+    for account_id in list(accounts):
+        held = (
+            await session.execute(
+                select(Consumption.id, Consumption.card_id).where(
+                    Consumption.escrow_account_id == account_id,
+                    Consumption.status.in_(("pending_confirmation", "disputed")),
+                )
+            )
+        ).all()
+        locked = {
+            card.id: card
+            for card in await session.scalars(
+                select(Card)
+                .where(Card.id.in_(sorted({card_id for _, card_id in held})))
+                .order_by(Card.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        }
+        services = list(
+            await session.scalars(
+                select(Consumption)
+                .where(
+                    Consumption.id.in_([consumption_id for consumption_id, _ in held]),
+                    Consumption.status.in_(("pending_confirmation", "disputed")),
+                )
+                .order_by(Consumption.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
+        unsent = list(
+            await session.scalars(
+                select(Instruction.id)
+                .where(
+                    Instruction.escrow_account_id == account_id,
+                    Instruction.kind == "payout",
+                    Instruction.status == "pending",
+                )
+                .order_by(Instruction.id)
+                .with_for_update()
+            )
+        )
+        if not services and not unsent:
+            continue
+        async with ledger.settlement_window(session, account_id):
+            for consumption in services:
+                await consumptions.void(session, locked[consumption.card_id], consumption, principal)
+            released += len(services) + await payouts.cancel_unsent_payouts(session, account_id, principal)
+    await session.flush()
+    return released
+
+
+async def release_due(session: AsyncSession) -> int:
+    """The jobs release what is still held in frozen closures, one closure per call."""
+    for closure_id in await session.scalars(
+        select(Closure.id).where(Closure.status == "frozen").order_by(Closure.frozen_at, Closure.id)
+    ):
+        closure = await session.get(Closure, closure_id, with_for_update=True, populate_existing=True)
+        if closure is not None and closure.status == "frozen" and await release_holds(session, closure):
+            return 1
+    return 0
 
 
 async def freeze_due(session: AsyncSession, settings: Settings, now: datetime, limit: int) -> int:
@@ -387,8 +454,8 @@ WITH pools AS (
     SELECT s.*,
            CASE WHEN s.q = 0 THEN 0
                 WHEN s.pool >= s.q_total THEN s.q
-                ELSE (floor(s.pool::numeric * s.q_upto / s.q_total)
-                      - floor(s.pool::numeric * (s.q_upto - s.q) / s.q_total))::bigint
+                ELSE (div(s.pool::numeric * s.q_upto, s.q_total)
+                      - div(s.pool::numeric * (s.q_upto - s.q), s.q_total))::bigint
            END AS set_off
       FROM setoff s
 ), capped AS (
@@ -404,8 +471,8 @@ WITH pools AS (
     SELECT f.*,
            CASE WHEN f.demand = 0 THEN 0
                 WHEN :available >= f.d_total THEN f.demand
-                ELSE (floor(CAST(:available AS numeric) * f.d_upto / f.d_total)
-                      - floor(CAST(:available AS numeric) * (f.d_upto - f.demand) / f.d_total))::bigint
+                ELSE (div(CAST(:available AS numeric) * f.d_upto, f.d_total)
+                      - div(CAST(:available AS numeric) * (f.d_upto - f.demand), f.d_total))::bigint
            END AS fund_paid
       FROM fund f
 )
@@ -460,6 +527,7 @@ async def plan(session: AsyncSession, settings: Settings, principal: Principal, 
     closure = await get(session, principal, closure_id, lock=True)
     if closure.status != "frozen":
         raise InvalidState(f"closure {closure.id} is {closure.status}: the plan is computed once it is frozen")
+    await release_holds(session, closure)
     await compute_plan(session, settings, closure, await fund.available(session))
     return closure
 
@@ -485,6 +553,7 @@ async def start(session: AsyncSession, settings: Settings, principal: Principal,
             raise TakeoverOpen(
                 f"{undecided} consumers have not answered the takeover; it is open until {closure.takeover_deadline}"
             )
+    await release_holds(session, closure)
     await fund.lock(session)  # two closures starting at once never count the same money
     await compute_plan(session, settings, closure, await fund.available(session))
     closure.status = "settling"
@@ -535,6 +604,9 @@ async def settle_batch(
         closure.settled_at = utcnow()
         await session.flush()
         return closure
+    if any(i.fund_paid for i in items):
+        # the fund's reserve becomes holds in this batch: no one may count the fund's money meanwhile
+        await fund.lock(session)
     now = utcnow()
     today = business_date(now, settings.business_timezone)
     principal = f"closure:{closure.id}"
