@@ -1,16 +1,22 @@
 """Closures racing everything else: whatever commits first, no fen is lost or counted twice.
 
 - A consumer's service, confirmation or refund racing the regulator's closure order on the same cards: either the
-  request lands before the freeze (and the plan sees its effect: a service voided, a confirmed one released, a
-  refund's claim) or after it (and is refused); each card's value comes out whole either way.
+  request lands before the freeze (and the plan sees its effect: a service voided when the holds are released, a
+  confirmed one released to the merchant, a refund's claim) or after it (and is refused, changing nothing); each
+  card's value comes out whole either way. Between the freeze and the release of the holds nothing moves: a late
+  confirmation is refused, also when it races the release itself.
+- A confirmation caught by the freeze, in each order the locks can be taken in (its movement under way when the
+  freeze takes the ledger's cut-off; waiting for its service record meanwhile; racing the release of the holds),
+  and a refund under way when the freeze comes: every request is answered, none with a 500, and nothing waits for
+  ever.
 - Two closures starting their settlements at the same instant against a fund that covers only one of them fully:
   the fund's lock makes one count first, so their shares add up to what the fund had, never more.
 - A contribution arriving while a settlement starts, and while a settlement batch commits: the fund pays its owed
   queue only with money no settlement counts on.
 
 Every race goes through the API (concurrent requests on the test's event loop into one ASGI app, each request a
-transaction of its own) or through ``settle`` with sessions of its own; each ends with the settlement executed by
-the banks and ``verify_database``.
+transaction of its own) or through ``settle`` and the jobs with sessions of their own; each ends with
+``verify_database``, and most with the settlement executed by the banks.
 """
 
 import asyncio
@@ -20,11 +26,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from escrow.closures import service as closures
 from escrow.config import Settings
-from tests.closing import order_closure
+from escrow.jobs import run_jobs_once
+from tests.closing import compute_plan, flat, order_closure
 from tests.parties import Bank, bearer, key, regulator_token
 from tests.test_closure_crash import (
     Shop,
@@ -61,20 +68,6 @@ async def racing(*requests: Any, rng: random.Random | None = None) -> list[Any]:
         return await request
 
     return list(await asyncio.wait_for(asyncio.gather(*(later(r) for r in requests)), TIMEOUT))
-
-
-async def order_until_done(client: httpx.AsyncClient, regulator: str, merchant_id: str) -> dict[str, Any]:
-    """The regulator orders the closure, and orders it again if it failed on the server's side (a deadlock victim:
-    see test_a_confirmation_caught_by_the_freeze_is_answered_not_deadlocked)."""
-    for _ in range(3):
-        response = await client.post(
-            "/v1/closures",
-            json={"merchant_id": merchant_id, "reason": "vanished"},
-            headers={**bearer(regulator), **key()},
-        )
-        if response.status_code != 500:
-            break
-    return ok(response, 201)
 
 
 async def shop_with_cards(client: httpx.AsyncClient, regulator: str, prices: list[int]) -> tuple[Shop, list[str]]:
@@ -125,39 +118,74 @@ async def test_services_confirmations_and_refunds_racing_the_closure_order_lose_
         used = await shop.consume(card_id, sessions=2 if card_id == base else 1)
         await shop.confirm(card_id, used["id"])
     held = await shop.consume(confirmed, sessions=3)
+    late = await shop.consume(base, sessions=1)  # only confirmed once the closure is ordered: refused
     quotes = {c: (await shop.quote(c))["amount"] for c in (refunded, used_refunded)}
     assert quotes == {refunded: 10_000, used_refunded: 9_000}
 
-    record, confirm, refund, refund_used, closure = await racing(
+    record, confirm, refund, refund_used, ordered = await racing(
         shop.record(recorded, sessions=2),
         shop.confirm_request(confirmed, held["id"]),
         shop.refund_request(refunded, quotes[refunded]),
         shop.refund_request(used_refunded, quotes[used_refunded]),
-        order_until_done(client, regulator, shop.merchant.id),
+        client.post(
+            "/v1/closures",
+            json={"merchant_id": shop.merchant.id, "reason": "vanished"},
+            headers={**bearer(regulator), **key()},
+        ),
         rng=rng,
     )
+    closure = ok(ordered, 201)
     assert closure["status"] == "frozen"
     for response in (record, confirm, refund, refund_used):
-        # (500: the deadlock of test_a_confirmation_caught_by_the_freeze_is_answered_not_deadlocked; the request
-        # changed nothing, which the checks below hold it to, as for a refusal)
-        assert response.status_code in (200, 201, *REFUSED, 500), response.text
+        assert response.status_code in (200, 201, *REFUSED), response.text
     await assert_verified(engine)
+
+    # the freeze voids nothing itself: what is still held waits for the release of the holds, and meanwhile nothing
+    # can be confirmed
+    async def service_states() -> dict[str, str]:
+        found = await rows(
+            session,
+            "SELECT id, status FROM consumptions WHERE card_id = :recorded OR id = ANY(:ids)",
+            recorded=recorded,
+            ids=[late["id"], held["id"]],
+        )
+        return {s["id"]: s["status"] for s in found}
+
+    states = await service_states()
+    assert states.pop(late["id"]) == "pending_confirmation"
+    assert states.pop(held["id"]) == ("confirmed" if confirm.status_code == 200 else "pending_confirmation")
+    # what is left is the service recorded in the race, if it came before the freeze
+    assert list(states.values()) == (["pending_confirmation"] if record.status_code == 201 else []), states
+    states = await service_states()
+    refused = await shop.confirm_request(base, late["id"])
+    assert refused.status_code == 423 and refused.json()["code"] == "account_frozen", refused.text
+    assert await service_states() == states
+    # the release (computing the plan) racing one more late confirmation: the confirmation is refused either way
+    planned, too_late = await racing(
+        client.post(f"/v1/closures/{closure['id']}/plan", headers={**bearer(regulator), **key()}),
+        shop.confirm_request(base, late["id"]),
+        rng=rng,
+    )
+    assert planned.status_code == 200, planned.text
+    assert too_late.status_code in REFUSED, too_late.text
+    released = await service_states()
+    assert released == {i: "voided" if state == "pending_confirmation" else state for i, state in states.items()}
+
     await start_settlement(client, regulator, closure["id"])
     items = await closure_items(session, closure["id"])
     cards = {i["card_id"]: i for i in items if i["kind"] == "card"}
     claims = {i["card_id"]: i for i in items if i["kind"] == "claim"}
 
-    # a service recorded before the freeze was voided by it; after it, refused: the card is whole either way
+    # a service recorded before the freeze was voided by the release; after it, refused: the card is whole either way
     services = await rows(session, "SELECT status FROM consumptions WHERE card_id = :c", c=recorded)
     assert [s["status"] for s in services] == (["voided"] if record.status_code == 201 else []), services
     assert cards[recorded]["unused"] == 10_000
 
-    # a confirmation before the freeze released the service; after it, the service was voided
-    state = ok(await client.get(f"/v1/consumptions/{held['id']}", headers=bearer(regulator)))["status"]
+    # a confirmation before the freeze released the service; after it, refused, and the service was voided
     if confirm.status_code == 200:
-        assert state == "confirmed" and cards[confirmed]["unused"] == 10_000 - held["value"]["amount"]
+        assert released[held["id"]] == "confirmed" and cards[confirmed]["unused"] == 10_000 - held["value"]["amount"]
     else:
-        assert state == "voided" and cards[confirmed]["unused"] == 10_000
+        assert released[held["id"]] == "voided" and cards[confirmed]["unused"] == 10_000
 
     # a refund before the freeze: the bank pays custody and set-off, the merchant's debt is a claim item; after
     # it: refused, and the card is an item of the closure. Never both, never neither.
@@ -378,33 +406,190 @@ async def test_a_contribution_while_a_settlement_batch_commits_pays_only_free_mo
     await assert_verified(engine)
 
 
-async def test_a_confirmation_caught_by_the_freeze_is_answered_not_deadlocked(
+async def _gate(engine: AsyncEngine, *statements: str, **params: Any) -> AsyncConnection:
+    """A transaction of the test's own holding the locks the statements take, until it is rolled back."""
+    gate = await engine.connect()
+    await gate.begin()
+    for sql in statements:
+        await gate.execute(text(sql), params)
+    return gate
+
+
+# A movement that raises a balance of the escrow account ``:book`` adds to one of the account's slot rows (chosen by
+# backend): these statements write all of them and hold them, so the movement waits there, inside the ledger, with
+# its share of the book's lock taken.
+_SLOT_GATE = (
+    "INSERT INTO ledger_account_slots (account_id, slot, escrow_account_id, normal_side, non_negative)"
+    " SELECT a.id, s, a.escrow_account_id, a.normal_side, a.non_negative"
+    "   FROM ledger_accounts a CROSS JOIN generate_series(1, 16) AS s WHERE a.escrow_account_id = :book"
+    " ON CONFLICT DO NOTHING",
+    "SELECT 1 FROM ledger_account_slots WHERE escrow_account_id = :book FOR UPDATE",
+)
+
+
+async def _open(gate: AsyncConnection) -> None:
+    await gate.rollback()
+    await gate.close()
+
+
+async def _one_service_held(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> tuple[str, Shop, str, dict[str, Any], dict[str, Any], dict[str, int]]:
+    """A 40 % custody card of 10 000 fen with a service of 3 sessions awaiting confirmation; the card's detail and
+    the escrow account's totals as they are."""
+    regulator = await regulator_token(session)
+    shop, [card_id] = await shop_with_cards(client, regulator, [10_000])
+    held = await shop.consume(card_id, sessions=3)
+    assert held["value"]["amount"] == 3_000
+    return regulator, shop, card_id, held, await shop.detail(card_id), await shop.totals()
+
+
+async def _service_state(client: httpx.AsyncClient, regulator: str, consumption_id: str) -> str:
+    return ok(await client.get(f"/v1/consumptions/{consumption_id}", headers=bearer(regulator)))["status"]
+
+
+def _ordering(client: httpx.AsyncClient, regulator: str, merchant_id: str) -> asyncio.Task:
+    return asyncio.create_task(
+        client.post(
+            "/v1/closures",
+            json={"merchant_id": merchant_id, "reason": "vanished"},
+            headers={**bearer(regulator), **key()},
+        )
+    )
+
+
+def _frozen_refusal(response: httpx.Response) -> None:
+    """A movement the frozen ledger refused: 423 account_frozen."""
+    assert response.status_code == 423 and response.json()["code"] == "account_frozen", response.text
+
+
+async def test_a_confirmation_under_way_when_the_freeze_comes_is_committed_first(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    regulator, shop, card_id, held, before, _ = await _one_service_held(client, session)
+    # the confirmation takes its card, its service record and its share of the ledger's lock, then waits to add
+    # to a balance of the escrow account (its slot rows: written here and held)
+    gate = await _gate(engine, *_SLOT_GATE, book=shop.accounts[0])
+    confirm = asyncio.create_task(shop.confirm_request(card_id, held["id"]))
+    try:
+        await _until_lock_waits(engine, 1, confirm)
+        # the regulator orders the closure: the freeze's cut-off waits for the movement under way
+        order = _ordering(client, regulator, shop.merchant.id)
+        await _until_lock_waits(engine, 2, confirm, order)
+    finally:
+        await _open(gate)
+    confirmed, ordered = await asyncio.wait_for(asyncio.gather(confirm, order), TIMEOUT)
+    assert confirmed.status_code == 200, confirmed.text
+    assert ordered.status_code == 201 and ordered.json()["status"] == "frozen", ordered.text
+    assert await _service_state(client, regulator, held["id"]) == "confirmed"
+    detail = await shop.detail(card_id)
+    assert (detail["value_remaining"], detail["released"]) == (before["value_remaining"] - 3_000, 3_000), detail
+    # nothing left to release: the plan refunds the 7 000 not delivered
+    planned = flat((await compute_plan(client, regulator, ordered.json()["id"]))["totals"])
+    assert (planned["items"], planned["unused"], planned["from_custody"]) == (1, 7_000, 2_800), planned
+    await assert_verified(engine)
+
+
+async def test_a_refund_under_way_when_the_freeze_comes_is_answered_not_deadlocked(
     client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
 ) -> None:
     regulator = await regulator_token(session)
     shop, [card_id] = await shop_with_cards(client, regulator, [10_000])
-    held = await shop.consume(card_id, sessions=3)
-    # the confirmation gets its card's lock, then waits a moment for the service record (held here)
-    gate = await engine.connect()
-    await gate.begin()
-    await gate.execute(text("SELECT id FROM consumptions WHERE id = :id FOR UPDATE"), {"id": held["id"]})
+    quote = await shop.quote(card_id)
+    assert quote["amount"] == 10_000
+    before = await shop.totals()
+    # the consumer's refund locks its card and takes its share of the ledger's lock, then waits to add to a balance
+    # of the escrow account (its slot rows: written here and held); it has still to instruct the bank
+    gate = await _gate(engine, *_SLOT_GATE, book=shop.accounts[0])
+    refund = asyncio.create_task(shop.refund_request(card_id, quote["amount"]))
+    try:
+        await _until_lock_waits(engine, 1, refund)
+        # the regulator orders the closure: the freeze's cut-off waits for the movement under way
+        order = _ordering(client, regulator, shop.merchant.id)
+        await _until_lock_waits(engine, 2, refund, order)
+    finally:
+        await _open(gate)
+    refunded, ordered = await asyncio.wait_for(asyncio.gather(refund, order), TIMEOUT)
+    # every request answered, none with a 500: the refund committed first (or, at worst, was refused and changed
+    # nothing), and the closure is ordered
+    assert ordered.status_code == 201 and ordered.json()["status"] == "frozen", ordered.text
+    assert refunded.status_code in (201, *REFUSED), refunded.text
+    planned = flat((await compute_plan(client, regulator, ordered.json()["id"]))["totals"])
+    earlier = await rows(session, "SELECT * FROM refunds WHERE card_id = :c AND cause <> 'closure'", c=card_id)
+    if refunded.status_code == 201:
+        [row] = earlier
+        # custody pays its 4 000 through the bank; the 6 000 the merchant owes is the closure's claim item
+        assert (row["from_custody"], row["merchant_owes"]) == (4_000, 6_000), dict(row)
+        assert (planned["items"], planned["unused"], planned["from_custody"]) == (1, 6_000, 0), planned
+    else:
+        assert earlier == [] and await shop.totals() == before
+        assert (planned["items"], planned["unused"], planned["from_custody"]) == (1, 10_000, 4_000), planned
+    await assert_verified(engine)
+
+
+async def test_a_confirmation_waiting_while_the_freeze_commits_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    regulator, shop, card_id, held, before, totals = await _one_service_held(client, session)
+    # the confirmation takes its card's lock, then waits for the service record (held here)
+    gate = await _gate(engine, "SELECT id FROM consumptions WHERE id = :id FOR UPDATE", id=held["id"])
     confirm = asyncio.create_task(shop.confirm_request(card_id, held["id"]))
-    await _until_lock_waits(engine, 1, confirm)
-    # the regulator orders the closure: the freeze takes the ledger's cut-off, then waits for the card
-    order = asyncio.create_task(
-        client.post(
-            "/v1/closures",
-            json={"merchant_id": shop.merchant.id, "reason": "vanished"},
-            headers={**bearer(regulator), **key()},
-        )
-    )
-    await _until_lock_waits(engine, 2, confirm, order)
-    await gate.rollback()
-    await gate.close()
-    confirmed, ordered = await asyncio.wait_for(asyncio.gather(confirm, order), TIMEOUT)
-    # the confirmation came first (it had the card): it is confirmed, or at worst refused; the closure is ordered
-    assert ordered.status_code == 201, ordered.text
-    assert confirmed.status_code in (200, *REFUSED), confirmed.text
-    state = ok(await client.get(f"/v1/consumptions/{held['id']}", headers=bearer(regulator)))["status"]
-    assert state == ("confirmed" if confirmed.status_code == 200 else "voided")
+    try:
+        await _until_lock_waits(engine, 1, confirm)
+        # the freeze needs nothing the confirmation holds: the closure is ordered while the confirmation waits
+        order = _ordering(client, regulator, shop.merchant.id)
+        done, _ = await asyncio.wait({order}, timeout=30)
+        assert order in done, "the freeze waited for a card a confirmation holds"
+    finally:
+        await _open(gate)
+    ordered = order.result()
+    assert ordered.status_code == 201 and ordered.json()["status"] == "frozen", ordered.text
+    # then the confirmation meets the frozen ledger: refused, and the service, card and money are as they were
+    _frozen_refusal(await asyncio.wait_for(confirm, TIMEOUT))
+    assert await _service_state(client, regulator, held["id"]) == "pending_confirmation"
+    assert await shop.detail(card_id) == before
+    assert await shop.totals() == totals
+    await assert_verified(engine)
+    # the release of the holds (computing the plan) voids the service: the card is whole again
+    planned = flat((await compute_plan(client, regulator, ordered.json()["id"]))["totals"])
+    assert (planned["items"], planned["unused"], planned["from_custody"]) == (1, 10_000, 4_000), planned
+    assert await _service_state(client, regulator, held["id"]) == "voided"
+    detail = await shop.detail(card_id)
+    assert (detail["value_remaining"], detail["units_remaining"], detail["pending"]) == (10_000, 10, 0), detail
+    await assert_verified(engine)
+
+
+async def test_a_late_confirmation_racing_the_release_of_the_holds_is_refused(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    settings: Settings,
+    sessionmaker: async_sessionmaker,
+) -> None:
+    regulator, shop, card_id, held, before, totals = await _one_service_held(client, session)
+    closure = await order_closure(client, regulator, shop.merchant.id)
+    assert await shop.detail(card_id) == before  # the freeze released nothing itself
+    # a late confirmation takes the card, then waits for its service record (held here); the jobs' release of
+    # the holds waits for the card
+    gate = await _gate(engine, "SELECT id FROM consumptions WHERE id = :id FOR UPDATE", id=held["id"])
+    confirm = asyncio.create_task(shop.confirm_request(card_id, held["id"]))
+    try:
+        await _until_lock_waits(engine, 1, confirm)
+        jobs = asyncio.create_task(run_jobs_once(sessionmaker, settings))
+        await _until_lock_waits(engine, 2, confirm, jobs)
+    finally:
+        await _open(gate)
+    confirmed, report = await asyncio.wait_for(asyncio.gather(confirm, jobs), TIMEOUT)
+    _frozen_refusal(confirmed)
+    assert report["closure_holds_released"] == 1, report
+    assert await _service_state(client, regulator, held["id"]) == "voided"
+    detail = await shop.detail(card_id)
+    assert (detail["value_remaining"], detail["units_remaining"], detail["pending"]) == (10_000, 10, 0), detail
+    assert await shop.totals() == totals  # a voided service moves no money
+    # released once: the jobs find nothing more, and a confirmation now finds the service voided
+    assert (await run_jobs_once(sessionmaker, settings))["closure_holds_released"] == 0
+    again = await shop.confirm_request(card_id, held["id"])
+    assert again.status_code == 409, again.text
+    planned = flat((await compute_plan(client, regulator, closure["id"]))["totals"])
+    assert (planned["items"], planned["unused"], planned["from_custody"]) == (1, 10_000, 4_000), planned
     await assert_verified(engine)

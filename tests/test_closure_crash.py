@@ -4,9 +4,10 @@ The settlement runs in batches, one transaction each (``escrow.closures.service.
 called at the points "start", "built", "posted", "held" and "flushed" of every batch, and raising there aborts the
 batch. Each test builds a closing merchant with a dozen cards of mixed custody ratios (40 % and 100 %, the custody
 model switched between sales), services confirmed (a set-off pool smaller than what it must cover), a service left
-pending (voided by the freeze), an earlier refund the merchant still owes (a claim item), a fund that can pay only
-part of what it is asked and a small per-consumer cap. Then the settlement is crashed at chosen batches and points,
-rerun, and the end state is checked straight from the database:
+pending (voided when the holds are released, as the plan is computed), an earlier refund the merchant still owes
+(a claim item), a fund that can pay only part of what it is asked and a small per-consumer cap. Then the
+settlement is crashed at chosen batches and points, rerun, and the end state is checked straight from the
+database:
 
 - every item ``done`` exactly once; one ``closure`` refund per card; per item exactly one ``refund`` instruction
   when custody or set-off pay something and one ``fund_payout`` when the fund does (none otherwise), each of the
@@ -15,6 +16,9 @@ rerun, and the end state is checked straight from the database:
   (``verify_database``) after every crash and at the end;
 - once the banks carry out every instruction, each consumer received exactly ``from_custody + set_off +
   fund_paid`` over their items.
+
+The freeze and the release of the holds after it are each one transaction too: a failure in the middle of either
+changes nothing, and the next attempt does the whole of it.
 
 Helpers here (``Shop``, ``build_shop``, ``check_settled`` …) are shared with tests/test_closure_properties.py and
 tests/test_closure_concurrency.py.
@@ -34,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from escrow.closures import service as closures
 from escrow.config import Settings
 from escrow.db import create_sessionmaker
+from escrow.jobs import run_jobs_once
 from escrow.ledger.integrity import verify_database
 from tests.closing import bank_executes_all, compute_plan, flat, order_closure
 from tests.parties import (
@@ -445,7 +450,7 @@ class Closing:
     fund_bank: Bank
     closure_id: str
     planned: dict[str, int]
-    voided: str  # the consumption the freeze voids
+    voided: str  # the consumption left pending: voided by the release of the holds (computing the plan)
 
 
 async def closing_merchant(client: httpx.AsyncClient, session: AsyncSession, fund_money: int = 15_000) -> Closing:
@@ -469,7 +474,7 @@ async def closing_merchant(client: httpx.AsyncClient, session: AsyncSession, fun
     # an earlier refund while merchant_payable is empty: the merchant owes its unprotected part (a claim item)
     refund = await shop.refund(cards[11]["id"])
     assert refund["merchant_owes"] > 0, refund
-    # services: confirmed ones fill merchant_payable, a pending one is voided by the freeze
+    # services: confirmed ones fill merchant_payable, a pending one is voided once the closure is frozen
     # (plans go sessions, stored value, period by card number mod 3; cards 4-7 are the 100 % ones)
     for card, used_what in ((cards[0], {"sessions": 2}), (cards[6], {"sessions": 1}), (cards[4], {"face": 6_000})):
         used = await shop.consume(card["id"], **used_what)
@@ -480,6 +485,8 @@ async def closing_merchant(client: httpx.AsyncClient, session: AsyncSession, fun
     await contribute(client, regulator, fund_money)
     closure = await order_closure(client, regulator, shop.merchant.id)
     assert closure["status"] == "frozen"
+    still = ok(await client.get(f"/v1/consumptions/{pending['id']}", headers=bearer(regulator)))
+    assert still["status"] == "pending_confirmation", still  # until the holds are released
     planned = flat((await compute_plan(client, regulator, closure["id"]))["totals"])
     return Closing(shop, fund_bank, closure["id"], planned, pending["id"])
 
@@ -608,22 +615,73 @@ async def test_a_runner_crashing_while_another_runs_leaves_the_rest_to_it(
     await check_paid(client, session, engine, world.closure_id, world.shop.bank, world.fund_bank)
 
 
+async def _payout_pending(client: httpx.AsyncClient, shop: Shop) -> str:
+    """A payout run instructs the merchant's payable; the bank has not taken it. Returns the instruction's id."""
+    run = ok(await client.post("/v1/payout-runs", json={}, headers={**bearer(shop.regulator), **key()}), 200, 201)
+    [instruction] = run["instructions"]
+    assert instruction["status"] == "pending", instruction
+    return instruction["id"]
+
+
+async def _instruction_status(session: AsyncSession, instruction_id: str) -> str:
+    return (await rows(session, "SELECT status FROM instructions WHERE id = :i", i=instruction_id))[0]["status"]
+
+
 async def test_a_failure_in_the_middle_of_the_freeze_changes_nothing(
     client: httpx.AsyncClient, session: AsyncSession, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The freeze is one transaction: an error after the services were voided leaves everything as it was."""
+    """The freeze is one transaction: an error at its last step, the ledger cut-off of the second of two escrow
+    accounts (after the first was cut off, refund requests superseded, unpaid sales cancelled and the accounts
+    frozen), leaves everything as it was."""
     regulator = await regulator_token(session)
-    shop = await build_shop(client, regulator, "A")
+    shop = await build_shop(client, regulator, "A", accounts=2)
     plan_id = await shop.plan(kind="sessions", sessions=10, price=10_000)
-    consumer = await shop.consumer()
-    card = await shop.sell(plan_id, consumer)
+    card = await shop.sell(plan_id, await shop.consumer(), shop.accounts[0])
     pending = await shop.consume(card["id"], sessions=2)
-    before = await shop.totals()
+    # a refund the consumer says the merchant caused (a session delivered first): it waits for approval
+    disputed = await shop.sell(plan_id, await shop.consumer(), shop.accounts[1])
+    await shop.confirm(disputed["id"], (await shop.consume(disputed["id"], sessions=1))["id"])
+    token = shop.tokens[shop.cards[disputed["id"]]]
+    quote = ok(
+        await client.get(
+            f"/v1/cards/{disputed['id']}/refund-quote", params={"cause": "merchant"}, headers=bearer(token)
+        )
+    )
+    requested = ok(
+        await client.post(
+            f"/v1/cards/{disputed['id']}/refunds",
+            json={"cause": "merchant", "expected_amount": quote["amount"]},
+            headers={**bearer(token), **key()},
+        ),
+        201,
+    )
+    assert requested["status"] == "requested", requested
+    unpaid = ok(
+        await client.post(
+            "/v1/cards",
+            json={"plan_id": plan_id, "consumer_id": await shop.consumer(), "escrow_account_id": shop.accounts[1]},
+            headers={**bearer(shop.merchant.token), **key()},
+        ),
+        201,
+    )["card"]
+    assert unpaid["status"] == "awaiting_payment", unpaid
+    payout = await _payout_pending(client, shop)
+    before = [await shop.totals(account) for account in shop.accounts]
+    books = await rows(
+        session, "SELECT count(*) AS n FROM ledger_books WHERE escrow_account_id = ANY(:a)", a=shop.accounts
+    )
+    assert books[0]["n"] == 2
 
-    async def broken(*args: Any, **kwargs: Any) -> int:
-        raise RuntimeError("the database connection dropped mid-freeze")
+    cut_off = closures.ledger.freeze_book
+    calls: list[str] = []
 
-    monkeypatch.setattr(closures.payouts, "cancel_unsent_payouts", broken)
+    async def broken(session: AsyncSession, book: str, mode: Any) -> None:
+        calls.append(book)
+        if len(calls) == 2:
+            raise RuntimeError("the database connection dropped mid-freeze")
+        await cut_off(session, book, mode)
+
+    monkeypatch.setattr(closures.ledger, "freeze_book", broken)
     failed = await client.post(
         "/v1/closures",
         json={"merchant_id": shop.merchant.id, "reason": "vanished"},
@@ -631,25 +689,98 @@ async def test_a_failure_in_the_middle_of_the_freeze_changes_nothing(
     )
     assert failed.status_code == 500, failed.text
     monkeypatch.undo()
+    assert sorted(calls) == sorted(shop.accounts), calls
     assert await rows(session, "SELECT id FROM closures WHERE merchant_id = :m", m=shop.merchant.id) == []
     merchant = await rows(session, "SELECT status FROM merchants WHERE id = :m", m=shop.merchant.id)
-    account = await rows(session, "SELECT status FROM escrow_accounts WHERE id = :a", a=shop.accounts[0])
-    book = await rows(session, "SELECT frozen FROM ledger_books WHERE escrow_account_id = :a", a=shop.accounts[0])
-    assert (merchant[0]["status"], account[0]["status"], book[0]["frozen"]) == ("active", "active", "none")
+    assert merchant[0]["status"] == "active"
+    accounts = await rows(
+        session,
+        "SELECT e.status, e.freeze_reason, b.frozen FROM escrow_accounts e"
+        " JOIN ledger_books b ON b.escrow_account_id = e.id WHERE e.id = ANY(:a)",
+        a=shop.accounts,
+    )
+    assert [tuple(a.values()) for a in accounts] == [("active", None, "none")] * 2, accounts
+    refund = await rows(session, "SELECT status FROM refunds WHERE id = :r", r=requested["id"])
+    assert refund[0]["status"] == "requested"
+    assert (await shop.detail(unpaid["id"]))["status"] == "awaiting_payment"
     still = ok(await client.get(f"/v1/consumptions/{pending['id']}", headers=bearer(regulator)))
     assert still["status"] == "pending_confirmation", still
-    assert await shop.totals() == before
+    assert await _instruction_status(session, payout) == "pending"
+    assert [await shop.totals(account) for account in shop.accounts] == before
     await assert_verified(engine)
-    # business goes on, and the closure can be ordered again
+    # business goes on, and the closure can be ordered again: this time it freezes both accounts
     await shop.confirm(card["id"], pending["id"])
     closure = await order_closure(client, regulator, shop.merchant.id)
     assert closure["status"] == "frozen"
+    accounts = await rows(
+        session,
+        "SELECT e.status, b.frozen FROM escrow_accounts e"
+        " JOIN ledger_books b ON b.escrow_account_id = e.id WHERE e.id = ANY(:a)",
+        a=shop.accounts,
+    )
+    assert [tuple(a.values()) for a in accounts] == [("frozen", "all")] * 2, accounts
+    refund = await rows(session, "SELECT status FROM refunds WHERE id = :r", r=requested["id"])
+    assert refund[0]["status"] == "rejected"
+    assert (await shop.detail(unpaid["id"]))["status"] == "cancelled"
     planned = flat((await compute_plan(client, regulator, closure["id"]))["totals"])
-    assert planned["unused"] == 10_000 - pending["value"]["amount"], planned
+    assert await _instruction_status(session, payout) == "cancelled"
+    value = pending["value"]["amount"]
+    disputed_left = (await shop.detail(disputed["id"]))["value_remaining"]
+    assert (planned["items"], planned["unused"]) == (2, 10_000 - value + disputed_left), planned
     await assert_verified(engine)
 
 
-async def test_the_freeze_gives_back_every_pending_service_of_a_card(
+async def test_a_failure_in_the_middle_of_releasing_the_holds_changes_nothing(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    settings: Settings,
+    sessionmaker: async_sessionmaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The release of the holds is one transaction: an error after the services were voided (cancelling the
+    payouts) leaves them held, and the next attempt releases them."""
+    regulator = await regulator_token(session)
+    shop = await build_shop(client, regulator, "A")
+    plan_id = await shop.plan(kind="sessions", sessions=10, price=10_000)
+    card = await shop.sell(plan_id, await shop.consumer())
+    await shop.confirm(card["id"], (await shop.consume(card["id"], sessions=1))["id"])
+    payout = await _payout_pending(client, shop)
+    pending = await shop.consume(card["id"], sessions=2)
+    closure = await order_closure(client, regulator, shop.merchant.id)
+    detail, totals = await shop.detail(card["id"]), await shop.totals()
+
+    async def broken(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("the database connection dropped mid-release")
+
+    async def unchanged() -> None:
+        still = ok(await client.get(f"/v1/consumptions/{pending['id']}", headers=bearer(regulator)))
+        assert still["status"] == "pending_confirmation", still
+        assert await _instruction_status(session, payout) == "pending"
+        assert await shop.detail(card["id"]) == detail
+        assert await shop.totals() == totals
+        frozen = await closure_row(session, closure["id"])
+        assert (frozen["status"], frozen["items_total"]) == ("frozen", 0), frozen
+        assert await closure_items(session, closure["id"]) == []
+        await assert_verified(engine)
+
+    monkeypatch.setattr(closures.payouts, "cancel_unsent_payouts", broken)
+    failed = await client.post(f"/v1/closures/{closure['id']}/plan", headers={**bearer(regulator), **key()})
+    assert failed.status_code == 500, failed.text
+    await unchanged()
+    assert (await run_jobs_once(sessionmaker, settings))["closure_holds_released"] is None  # the job failed
+    await unchanged()
+    monkeypatch.undo()
+    assert (await run_jobs_once(sessionmaker, settings))["closure_holds_released"] == 1
+    voided = ok(await client.get(f"/v1/consumptions/{pending['id']}", headers=bearer(regulator)))
+    assert voided["status"] == "voided", voided
+    assert await _instruction_status(session, payout) == "cancelled"
+    planned = flat((await compute_plan(client, regulator, closure["id"]))["totals"])
+    assert (planned["items"], planned["unused"], planned["from_custody"]) == (1, 9_000, 3_600), planned
+    await assert_verified(engine)
+
+
+async def test_releasing_the_holds_gives_back_every_pending_service_of_a_card(
     client: httpx.AsyncClient,
     session: AsyncSession,
     engine: AsyncEngine,
@@ -662,11 +793,20 @@ async def test_the_freeze_gives_back_every_pending_service_of_a_card(
     card = await shop.sell(plan_id, await shop.consumer())
     held = [await shop.consume(card["id"], sessions=2), await shop.consume(card["id"], sessions=3)]
     closure = await order_closure(client, regulator, shop.merchant.id)
+    # the freeze leaves them held (5 sessions, 5 000 fen pending); the jobs release them right after
+    detail = await shop.detail(card["id"])
+    assert (detail["value_remaining"], detail["units_remaining"], detail["pending"]) == (10_000, 5, 5_000), detail
+    assert (await run_jobs_once(sessionmaker, settings))["closure_holds_released"] == 1
     for consumption in held:
         voided = ok(await client.get(f"/v1/consumptions/{consumption['id']}", headers=bearer(regulator)))
         assert voided["status"] == "voided"
     detail = await shop.detail(card["id"])
-    assert (detail["value_remaining"], detail["units_remaining"], detail["protected"]) == (10_000, 10, 4_000)
+    assert (detail["value_remaining"], detail["units_remaining"], detail["protected"], detail["pending"]) == (
+        10_000,
+        10,
+        4_000,
+        0,
+    ), detail
     await start_settlement(client, regulator, closure["id"])
     await closures.settle(sessionmaker, settings, closure["id"])
     await check_settled(session, engine, closure["id"])

@@ -25,6 +25,10 @@ from escrow.models import Bank, Card, ConsumerLink, EscrowAccount, Merchant, Pla
 from escrow.plans import rules
 
 LIVE_STATES = ("awaiting_payment", "active")
+# Row locks are FOR NO KEY UPDATE: they exclude each other as FOR UPDATE would, but not the key-share locks that
+# foreign-key checks take — so a transaction inserting a row that refers to a locked card, escrow account or
+# merchant (an instruction, a refund) never waits on the lock holder while holding ledger locks it waits for.
+NO_KEY_UPDATE = {"key_share": True}
 
 
 class SalesStopped(Conflict):
@@ -97,7 +101,7 @@ def release_legs(card: Card, protected: int, unprotected: int) -> list[ledger.Le
 
 async def lock(session: AsyncSession, card_id: str) -> Card:
     await session.flush()  # re-reading the row must not throw away changes not yet written
-    card = await session.get(Card, card_id, with_for_update=True, populate_existing=True)
+    card = await session.get(Card, card_id, with_for_update=NO_KEY_UPDATE, populate_existing=True)
     if card is None:
         raise NotFound(f"no card {card_id}")
     return card
@@ -150,7 +154,7 @@ def check_sales_open(merchant: Merchant, account: EscrowAccount) -> None:
 
 async def _escrow_account_for(session: AsyncSession, merchant: Merchant, account_id: str | None) -> EscrowAccount:
     if account_id is not None:
-        account = await session.get(EscrowAccount, account_id, with_for_update=True)
+        account = await session.get(EscrowAccount, account_id, with_for_update=NO_KEY_UPDATE)
         if account is None or account.merchant_id != merchant.id:
             raise FieldInvalid("escrow_account_id", f"no escrow account {account_id} of this merchant")
         return account
@@ -168,7 +172,7 @@ async def sell(
     session: AsyncSession, settings: Settings, principal: Principal, data: CardSale
 ) -> tuple[Card, EscrowAccount, Bank]:
     # The merchant row is locked so a closure or suspension and a sale can't cross.
-    merchant = await session.get(Merchant, principal.id, with_for_update=True)
+    merchant = await session.get(Merchant, principal.id, with_for_update=NO_KEY_UPDATE)
     if merchant is None:
         raise NotFound(f"no merchant {principal.id}")
     if merchant.status != "active":  # before anything else: a closing merchant's accounts are frozen too

@@ -183,7 +183,7 @@ async def open_closure(session: AsyncSession, settings: Settings, principal: Pri
     if merchant_id is None:
         raise FieldInvalid("merchant_id", "required: the merchant to close")
     # the merchant row is locked, as sales lock it: a sale and the closure can't cross
-    merchant = await session.get(Merchant, merchant_id, with_for_update=True)
+    merchant = await session.get(Merchant, merchant_id, with_for_update=cards.NO_KEY_UPDATE)
     if merchant is None:
         raise FieldInvalid("merchant_id", f"no merchant {merchant_id}")
     if merchant.status not in ("active", "suspended"):
@@ -235,7 +235,7 @@ async def freeze(session: AsyncSession, closure: Closure, principal: str) -> Non
             select(EscrowAccount)
             .where(EscrowAccount.merchant_id == closure.merchant_id, EscrowAccount.status.in_(("active", "frozen")))
             .order_by(EscrowAccount.id)
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
     )
     await session.execute(
@@ -293,7 +293,7 @@ async def release_holds(session: AsyncSession, closure: Closure) -> int:
                 select(Card)
                 .where(Card.id.in_(sorted({card_id for _, card_id in held})))
                 .order_by(Card.id)
-                .with_for_update()
+                .with_for_update(key_share=True)
                 .execution_options(populate_existing=True)
             )
         }
@@ -617,7 +617,7 @@ async def settle_batch(
             select(Card)
             .where(Card.id.in_(card_ids))
             .order_by(Card.id)
-            .with_for_update()
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
     }
@@ -907,14 +907,14 @@ async def confirm(session: AsyncSession, principal: Principal, closure_id: str) 
     closure = await get(session, principal, closure_id, lock=True)
     if closure.status != "settled":
         raise InvalidState(f"closure {closure.id} is {closure.status}: only a settled closure can be confirmed")
-    merchant = await session.get(Merchant, closure.merchant_id, with_for_update=True)
+    merchant = await session.get(Merchant, closure.merchant_id, with_for_update=cards.NO_KEY_UPDATE)
     assert merchant is not None
     made: list[Instruction] = []
     for account in await session.scalars(
         select(EscrowAccount)
         .where(EscrowAccount.merchant_id == merchant.id, EscrowAccount.status == "frozen")
         .order_by(EscrowAccount.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     ):
         async with ledger.settlement_window(session, account.id):
             instruction = await payouts.pay_out_payable(

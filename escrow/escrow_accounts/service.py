@@ -27,7 +27,7 @@ def _visible(principal: Principal, account: EscrowAccount) -> bool:
 
 
 async def get(session: AsyncSession, principal: Principal, account_id: str, *, lock: bool = False) -> EscrowAccount:
-    account = await session.get(EscrowAccount, account_id, with_for_update=lock)
+    account = await session.get(EscrowAccount, account_id, with_for_update={"key_share": True} if lock else False)
     if account is None or not _visible(principal, account):
         raise NotFound(f"no escrow account {account_id}")
     return account

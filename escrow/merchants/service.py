@@ -48,7 +48,7 @@ async def create(session: AsyncSession, keyring: Keyring, data: MerchantCreate) 
 
 
 async def get(session: AsyncSession, principal: Principal, merchant_id: str, *, lock: bool = False) -> Merchant:
-    merchant = await session.get(Merchant, merchant_id, with_for_update=lock)
+    merchant = await session.get(Merchant, merchant_id, with_for_update={"key_share": True} if lock else False)
     if merchant is None or (principal.role == "merchant" and principal.id != merchant_id):
         raise NotFound(f"no merchant {merchant_id}")
     return merchant
