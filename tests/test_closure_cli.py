@@ -116,6 +116,11 @@ class TestClosureSettleCommand:
         assert await closure_settle(engine, settings, "clo_nope", None, out=out, err=err) == 1
         assert err.getvalue() == "no closure clo_nope\n" and out.getvalue() == ""
 
+    def test_help(self) -> None:
+        for command in (["closure", "settle", "--help"], ["bench", "closure", "--help"]):
+            result = subprocess.run([sys.executable, "-m", "escrow", *command], capture_output=True, text=True)
+            assert result.returncode == 0 and "usage: escrow" in result.stdout, command
+
     def test_batch_is_bounded(self, db_url: str) -> None:
         result = escrow(db_url, "closure", "settle", "clo_x", "--batch", "0")
         assert result.returncode == 2 and "must be between 1 and 20000" in result.stderr
