@@ -27,10 +27,11 @@ of the claims and T their sum — so the shares add up to the pool exactly and n
 The fund's cap applies per consumer per closure, to the consumer's items in plan order.
 """
 
+import json
 import secrets
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -572,9 +573,80 @@ class _Batch:
     entries: list[ledger.Entry]
     holds: list[tuple[Instruction, str]]  # instruction, the payable it pays out of
     principal: str
+    cards: list[tuple[str, int, int]] = field(default_factory=list)  # card refunded: id, unused, from custody
+    done: list[tuple[int, str | None]] = field(default_factory=list)  # item done (not transfers): id, refund id
+    refunds: list[dict[str, Any]] = field(default_factory=list)  # refunds rows, by _REFUND_COLUMNS
 
     def instruct(self, instruction: Instruction, payable: str) -> None:
         self.holds.append((instruction, payable))
+
+
+# Items and cards are read as plain rows, not ORM objects, and written back by one statement each: loading,
+# tracking and flushing a thousand ORM objects of each cost more than the batch's ledger work.
+_ITEM = ClosureItem.__table__
+_CARD_COLUMNS = (
+    Card.id,
+    Card.status,
+    Card.price,
+    Card.consumed,
+    Card.refunded,
+    Card.escrow_account_id,
+    Card.consumer_id,
+    Card.deposit_transaction_id,
+    Card.payment_reference,
+)
+_CARDS_REFUNDED = text(
+    "UPDATE cards c SET refunded = c.refunded + u.unused, protected_out = c.protected_out + u.custody,"
+    " status = 'closed_settled', closed_at = :now"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:unused AS bigint[]), CAST(:custody AS bigint[]))"
+    " AS u(id, unused, custody) WHERE c.id = u.id"
+)
+_ITEMS_DONE = text(
+    "UPDATE closure_items i SET status = 'done', done_at = :now, refund_id = u.refund_id"
+    " FROM unnest(CAST(:ids AS bigint[]), CAST(:refund_ids AS text[])) AS u(id, refund_id) WHERE i.id = u.id"
+)
+
+
+def _insert_unnest(table: str, columns: dict[str, str], constants: str = "", values: str = "") -> Any:
+    """INSERT INTO table (columns…) SELECT … FROM unnest(one array parameter per column): any number of rows,
+    one statement, one round trip."""
+    names = ", ".join(columns)
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+    return text(f"INSERT INTO {table} ({names}{constants}) SELECT {names}{values} FROM unnest({arrays}) AS u({names})")
+
+
+_REFUND_COLUMNS = {
+    "id": "text",
+    "card_id": "text",
+    "escrow_account_id": "text",
+    "consumer_id": "text",
+    "status": "text",
+    "amount": "bigint",
+    "from_custody": "bigint",
+    "set_off": "bigint",
+    "merchant_owes": "bigint",
+    "computation": "jsonb",
+    "reason": "text",
+    "paid_at": "timestamptz",
+}
+_INSERT_REFUNDS = _insert_unnest(
+    "refunds", _REFUND_COLUMNS, ", cause, retained, approved_at, due_on", ", 'closure', 0, :now, :due_on"
+)
+_INSTRUCTION_COLUMNS = {
+    "id": "text",
+    "escrow_account_id": "text",
+    "book": "text",
+    "bank_id": "text",
+    "kind": "text",
+    "status": "text",
+    "amount": "bigint",
+    "beneficiary": "text",
+    "refund_id": "text",
+    "closure_item_id": "bigint",
+    "target_card_id": "text",
+    "hold_entry_id": "bigint",
+}
+_INSERT_INSTRUCTIONS = _insert_unnest("instructions", _INSTRUCTION_COLUMNS)
 
 
 async def settle_batch(
@@ -591,14 +663,14 @@ async def settle_batch(
         raise NotFound(f"no closure {closure_id}")
     if closure.status != "settling":
         return closure
-    items = list(
-        await session.scalars(
-            select(ClosureItem)
-            .where(ClosureItem.closure_id == closure.id, ClosureItem.status == "planned")
-            .order_by(ClosureItem.seq)
+    items = (
+        await session.execute(
+            select(_ITEM)
+            .where(_ITEM.c.closure_id == closure.id, _ITEM.c.status == "planned")
+            .order_by(_ITEM.c.seq)
             .limit(limit)
         )
-    )
+    ).all()
     if not items:
         closure.status = "settled"
         closure.settled_at = utcnow()
@@ -613,12 +685,11 @@ async def settle_batch(
     card_ids = sorted({i.card_id for i in items if i.kind == "card" and i.card_id})
     locked = {
         c.id: c
-        for c in await session.scalars(
-            select(Card)
+        for c in await session.execute(
+            select(*_CARD_COLUMNS)
             .where(Card.id.in_(card_ids))
             .order_by(Card.id)
-            .with_for_update(key_share=True)
-            .execution_options(populate_existing=True)
+            .with_for_update(of=Card, key_share=True)
         )
     }
     banks = dict(
@@ -638,17 +709,21 @@ async def settle_batch(
             card = locked[item.card_id]  # type: ignore[index]
             if card.status != "active" or card.price - card.consumed - card.refunded != item.unused:
                 raise PlanStale(f"card {card.id} changed since the plan was computed; compute the plan again")
-            if item.decision == "transfer":
-                await _transfer(session, closure, item, card, banks[item.escrow_account_id], batch, today)
-            else:
-                _refund_card(session, settings, item, card, banks[item.escrow_account_id], batch, now, today)
+            if item.decision == "transfer":  # rare, and it makes a card: the ORM objects, marked done by the flush
+                taken = await session.get(ClosureItem, item.id, populate_existing=True)
+                moved = await session.get(Card, card.id, populate_existing=True)
+                assert taken is not None and moved is not None
+                await _transfer(session, closure, taken, moved, banks[item.escrow_account_id], batch, today)
+                taken.status = "done"
+                taken.done_at = now
+                continue
+            _refund_card(item, card, banks[item.escrow_account_id], batch, now)
         else:
             _settle_claim(item, banks[item.escrow_account_id], batch)
+            batch.done.append((item.id, item.refund_id))
         if item.fund_paid:
             assert fund_bank is not None
             fund.pay_consumer(batch.entries, batch.instruct, item, item.fund_paid, fund_bank, principal)
-        item.status = "done"
-        item.done_at = now
     at("built")
     await _open_accounts(
         session, {i.escrow_account_id for i in items}, {i.escrow_account_id for i in items if i.fund_paid}
@@ -662,10 +737,28 @@ async def settle_batch(
             session, [payouts.hold_entry(ins, payable, principal) for ins, payable in batch.holds], pending=True
         )
     at("held")
+    if batch.refunds:
+        await session.execute(
+            _INSERT_REFUNDS,
+            {
+                "now": now,
+                "due_on": today + timedelta(days=settings.refund_due_days),
+                **{c: [r[c] for r in batch.refunds] for c in _REFUND_COLUMNS},
+            },
+        )
     await session.flush()  # refunds and cards first: instructions refer to them
-    for (instruction, _), hold_id in zip(batch.holds, hold_ids, strict=True):
-        instruction.hold_entry_id = hold_id
-        session.add(instruction)
+    if batch.holds:
+        for (instruction, _), hold_id in zip(batch.holds, hold_ids, strict=True):
+            instruction.hold_entry_id = hold_id
+        await session.execute(
+            _INSERT_INSTRUCTIONS, {c: [getattr(i, c) for i, _ in batch.holds] for c in _INSTRUCTION_COLUMNS}
+        )
+    if batch.cards:
+        ids, unused, custody = zip(*batch.cards, strict=True)
+        await session.execute(_CARDS_REFUNDED, {"now": now, "ids": ids, "unused": unused, "custody": custody})
+    if batch.done:
+        ids, refund_ids = zip(*batch.done, strict=True)
+        await session.execute(_ITEMS_DONE, {"now": now, "ids": ids, "refund_ids": refund_ids})
     closure.items_done += len(items)
     await session.flush()
     at("flushed")
@@ -716,16 +809,8 @@ def _claim_legs(item: ClosureItem, source: str, amount: int) -> list[ledger.Leg]
     return legs
 
 
-def _refund_card(
-    session: AsyncSession,
-    settings: Settings,
-    item: ClosureItem,
-    card: Card,
-    bank_id: str,
-    batch: _Batch,
-    now: datetime,
-    today: Any,
-) -> None:
+def _refund_card(item: Any, card: Any, bank_id: str, batch: _Batch, now: datetime) -> None:
+    """A card refunded: its entry, its refund row, the bank instruction; item and card are rows (the card locked)."""
     refs = {"card_id": card.id, "closure_item_id": item.id}
     legs: list[ledger.Leg] = []
     if item.from_custody:
@@ -735,35 +820,30 @@ def _refund_card(
         legs += _claim_legs(item, cards.unprotected_code(card.id), q)
     batch.entries.append(ledger.Entry(card.escrow_account_id, "closure_refund", legs, refs, batch.principal))
     by_bank = item.from_custody + item.set_off
-    refund = Refund(
-        id=new_id("rfd"),
-        card_id=card.id,
-        escrow_account_id=card.escrow_account_id,
-        consumer_id=card.consumer_id,
-        cause="closure",
-        status="instructed" if by_bank else "paid",
-        amount=item.unused,
-        from_custody=item.from_custody,
-        set_off=item.set_off,
-        merchant_owes=q - item.set_off,
-        retained=0,
-        computation=statement(item),
-        reason=f"closure {item.closure_id}",
-        approved_at=now,
-        due_on=today + timedelta(days=settings.refund_due_days),
-        paid_at=None if by_bank else now,
+    refund_id = new_id("rfd")
+    batch.refunds.append(  # cause closure, approved now, due in refund_due_days: see _INSERT_REFUNDS
+        {
+            "id": refund_id,
+            "card_id": card.id,
+            "escrow_account_id": card.escrow_account_id,
+            "consumer_id": card.consumer_id,
+            "status": "instructed" if by_bank else "paid",
+            "amount": item.unused,
+            "from_custody": item.from_custody,
+            "set_off": item.set_off,
+            "merchant_owes": q - item.set_off,
+            "computation": json.dumps(statement(item)),
+            "reason": f"closure {item.closure_id}",
+            "paid_at": None if by_bank else now,
+        }
     )
-    session.add(refund)
-    item.refund_id = refund.id
+    batch.done.append((item.id, refund_id))
     if by_bank:
         beneficiary = f"original payment {card.deposit_transaction_id} (reference {card.payment_reference})"
         batch.instruct(
-            _bank_instruction(item, "refund", by_bank, bank_id, beneficiary, refund_id=refund.id), "refund_payable"
+            _bank_instruction(item, "refund", by_bank, bank_id, beneficiary, refund_id=refund_id), "refund_payable"
         )
-    card.refunded += item.unused
-    card.protected_out += item.from_custody
-    card.status = "closed_settled"
-    card.closed_at = now
+    batch.cards.append((card.id, item.unused, item.from_custody))  # refunded, closed_settled
 
 
 def _settle_claim(item: ClosureItem, bank_id: str, batch: _Batch) -> None:

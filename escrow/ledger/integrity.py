@@ -264,16 +264,16 @@ async def verify(session: AsyncSession) -> VerifyReport:
         session,
         cards,
         "SELECT count(*) FROM cards WHERE status NOT IN ('awaiting_payment', 'cancelled')",
-        "SELECT c.id, c.price, coalesce(j.paid, 0), c.released + c.refunded + c.transferred, coalesce(j.out, 0)"
+        "SELECT c.id, c.price, j.paid, c.released + c.refunded + c.transferred, j.out"
         " FROM cards c"
-        " LEFT JOIN (SELECT a.escrow_account_id, split_part(a.code, ':', 2) AS card_id,"
-        "     sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted') AS paid,"
-        "     sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted') AS out"
+        " CROSS JOIN LATERAL (SELECT"
+        "     coalesce(sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted'), 0) AS paid,"
+        "     coalesce(sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted'), 0) AS out"
         "   FROM ledger_accounts a JOIN ledger_postings p ON p.account_id = a.id"
-        "   WHERE a.code LIKE 'card:%' OR a.code LIKE 'card_unprotected:%' GROUP BY 1, 2) j"
-        "   ON j.card_id = c.id AND j.escrow_account_id = c.escrow_account_id"
+        "   WHERE a.escrow_account_id = c.escrow_account_id"
+        "     AND a.code IN ('card:' || c.id, 'card_unprotected:' || c.id)) j"
         " WHERE c.status NOT IN ('awaiting_payment', 'cancelled')"
-        "   AND (coalesce(j.paid, 0) <> c.price OR coalesce(j.out, 0) <> c.released + c.refunded + c.transferred)"
+        "   AND (j.paid <> c.price OR j.out <> c.released + c.refunded + c.transferred)"
         " ORDER BY c.id LIMIT 1",
         "card_id",
         "price",
