@@ -17,8 +17,21 @@ from escrow.fund.schemas import (
 )
 from escrow.kit.money import Money
 from escrow.kit.pagination import check_limit
+from escrow.models import FundContribution
 
 TAGS = ["fund"]
+
+
+def _contribution_out(row: FundContribution, owed_payments_made: int) -> ContributionOut:
+    return ContributionOut(
+        id=row.id,
+        source_kind=row.source_kind,
+        source_name=row.source_name,
+        amount=Money(amount=row.amount),
+        bank_transaction_id=row.bank_transaction_id,
+        received_at=row.received_at,
+        owed_payments_made=owed_payments_made,
+    )
 
 
 @put(
@@ -62,15 +75,7 @@ async def contribute(
     data: JSONBody[ContributionCreate], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> ContributionOut:
     row, paid = await service.contribute(db_session, principal, data, settings.closure_batch_size)
-    return ContributionOut(
-        id=row.id,
-        source_kind=row.source_kind,
-        source_name=row.source_name,
-        amount=Money(amount=row.amount),
-        bank_transaction_id=row.bank_transaction_id,
-        received_at=row.received_at,
-        owed_payments_made=paid,
-    )
+    return _contribution_out(row, paid)
 
 
 @get(
@@ -81,19 +86,7 @@ async def contribute(
     responses=problem_responses(401, 403, 422),
 )
 async def list_contributions(db_session: DbSession, limit: FromQuery[int] = 100) -> list[ContributionOut]:
-    rows = await service.contributions(db_session, check_limit(limit))
-    return [
-        ContributionOut(
-            id=r.id,
-            source_kind=r.source_kind,
-            source_name=r.source_name,
-            amount=Money(amount=r.amount),
-            bank_transaction_id=r.bank_transaction_id,
-            received_at=r.received_at,
-            owed_payments_made=0,
-        )
-        for r in rows
-    ]
+    return [_contribution_out(row, 0) for row in await service.contributions(db_session, check_limit(limit))]
 
 
 @get(
