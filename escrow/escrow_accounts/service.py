@@ -11,6 +11,7 @@ from escrow.errors import Conflict, FieldInvalid, NotFound
 from escrow.kit.crypto import Keyring, mask_account_number
 from escrow.kit.ids import new_id
 from escrow.models import Bank, EscrowAccount, Merchant
+from escrow.payouts.service import CLOSURE_FREEZE
 
 
 class InvalidState(Conflict):
@@ -99,7 +100,7 @@ async def freeze(session: AsyncSession, principal: Principal, account_id: str, r
 async def unfreeze(session: AsyncSession, principal: Principal, account_id: str) -> EscrowAccount:
     account = await get(session, principal, account_id, lock=True)
     _require(account, "frozen")
-    if account.freeze_reason and account.freeze_reason.startswith("closure "):
+    if account.freeze_reason and account.freeze_reason.startswith(CLOSURE_FREEZE):
         raise InvalidState(f"escrow account {account.id} is frozen by a closure ({account.freeze_reason})")
     account.status = "active"
     account.freeze_reason = None
