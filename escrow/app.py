@@ -78,6 +78,7 @@ ROUTES: list[ControllerRouterHandler] = [
     card_endpoints.escrow_account_totals,
     card_endpoints.list_unapplied_deposits,
     consumption_endpoints.record_consumption,
+    consumption_endpoints.record_consumptions,
     consumption_endpoints.list_consumptions,
     consumption_endpoints.get_consumption,
     consumption_endpoints.confirm_consumption,
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
     app = Litestar(
         route_handlers=[*ROUTES, *extra_routes],
         dependencies={
-            "db_session": Provide(provide_db_session),
+            "db_session": Provide(provide_db_session, sync_to_thread=False),
             "principal": Provide(current_principal, sync_to_thread=False),
             "keyring": Provide(provide_keyring, sync_to_thread=False),
             "settings": Provide(provide_settings, sync_to_thread=False),

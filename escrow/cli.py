@@ -200,6 +200,7 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from escrow.cards import bench
+    from escrow.consumptions.schemas import MAX_BATCH
     from escrow.ledger.bench import machine
 
     sizes = {
@@ -207,7 +208,11 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
         "sessions": args.sessions,
         "merchants": args.merchants,
         "concurrency": args.concurrency,
+        "class_size": args.class_size,
     }
+    if not 1 <= args.class_size <= MAX_BATCH:
+        print(f"--class-size must be between 1 and {MAX_BATCH}", file=sys.stderr)
+        return 2
     if args.url:
         if not args.regulator_token:
             print("--url needs --regulator-token (see `escrow admin create-token`)", file=sys.stderr)
@@ -227,7 +232,8 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
     print(f"flow benchmark on {machine()}, against {where}")
     print(
         f"{args.consumers} consumers at {args.merchants} merchants, {args.sessions} sessions each,"
-        f" {args.concurrency} requests in flight"
+        f" {args.concurrency} requests in flight, "
+        + ("one service per request" if args.class_size == 1 else f"services recorded in classes of {args.class_size}")
     )
     print(bench.table(result))
     print(bench.summary(result))
@@ -466,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_flow.add_argument("--sessions", type=int, default=5, help="consumptions per card, 1-60 (default 5)")
     bench_flow.add_argument("--merchants", type=int, default=8, help="merchants (escrow accounts) to spread over")
     bench_flow.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    bench_flow.add_argument(
+        "--class-size",
+        type=int,
+        default=1,
+        help="services recorded per request: 1 (default) records each on its own, N > 1 a merchant's cards in"
+        " classes of N (POST /v1/consumptions)",
+    )
     bench_flow.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="worker processes of the server it starts"
     )

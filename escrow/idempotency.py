@@ -9,10 +9,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, select, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow.errors import EscrowError
@@ -91,51 +90,62 @@ def request_hash(method: str, path: str, query: bytes, body: bytes) -> str:
     return digest.hexdigest()
 
 
-async def claim(session: AsyncSession, caller: str, key: str, fingerprint: str) -> StoredResponse | None:
-    """Take the key for this transaction; return the stored response if the request was already done."""
-    acquired = await session.scalar(
-        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock_name, 0))"),
-        {"lock_name": f"idem:{caller}:{key}"},
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a state-changing request claims: its key, and the fingerprint of what it asks."""
+
+    key: str
+    fingerprint: str
+
+
+def claim_sql(caller: str, key: str) -> str:
+    """SQL columns that take the (caller, key) lock for this transaction and read the response stored under the
+    key (``caller`` and ``key`` are SQL expressions); the caller adds ``FROM``/``JOIN idempotency_keys k`` via
+    :func:`claim_join`. A response committed after the statement's snapshot but before the lock was taken is
+    not seen here: :data:`STORE_SQL` then finds the key taken, and the request is refused as still in flight."""
+    return (
+        f"pg_try_advisory_xact_lock(hashtextextended('idem:' || {caller} || ':' || {key}, 0)) AS idem_acquired,"
+        " k.request_hash AS idem_hash, k.status AS idem_status, k.content_type AS idem_content_type,"
+        " k.body AS idem_body"
     )
-    if not acquired:
+
+
+def claim_join(caller: str, key: str) -> str:
+    return f"LEFT JOIN idempotency_keys k ON k.caller = {caller} AND k.key = {key} AND k.expires_at > now()"
+
+
+def claimed(row: Any, claim: Claim) -> StoredResponse | None:
+    """The outcome of a claim read with :func:`claim_sql`: the stored response of a request already done, None
+    for a new one; 409 while the first request with the key is still running, 422 for a different request."""
+    if not row["idem_acquired"]:
         raise IdempotencyInFlight("The first request with this Idempotency-Key has not finished; retry later.")
-    row = await session.scalar(
-        select(IdempotencyKey).where(
-            IdempotencyKey.caller == caller, IdempotencyKey.key == key, IdempotencyKey.expires_at > func.now()
-        )
-    )
-    if row is None:
+    if row["idem_hash"] is None:
         return None
-    if row.request_hash != fingerprint:
+    if row["idem_hash"] != claim.fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was used for a different request; use a new key for a new request.",
             errors=[{"field": "Idempotency-Key", "message": "already used with a different method, path or body"}],
         )
-    return StoredResponse(row.status, row.content_type, row.body)
+    return StoredResponse(row["idem_status"], row["idem_content_type"], row["idem_body"])
 
 
-async def store(
-    session: AsyncSession, caller: str, key: str, fingerprint: str, response: StoredResponse, ttl_seconds: int
-) -> None:
-    """Record the response; an expired row under the same key is overwritten."""
-    now = datetime.now(UTC)
-    values = {
-        "caller": caller,
-        "key": key,
-        "request_hash": fingerprint,
-        "status": response.status,
-        "content_type": response.content_type,
-        "body": response.body,
-        "created_at": now,
-        "expires_at": now + timedelta(seconds=ttl_seconds),
-    }
-    stmt = insert(IdempotencyKey).values(values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[IdempotencyKey.caller, IdempotencyKey.key],
-        set_={k: stmt.excluded[k] for k in values if k not in ("caller", "key")},
-        where=IdempotencyKey.expires_at <= func.now(),
-    )
-    await session.execute(stmt)
+# Record the response ($1 caller, $2 key, $3 fingerprint, $4 status, $5 content type, $6 body, $7 seconds to
+# keep it); an expired row under the same key is overwritten, a live one is left alone (RETURNING gives no row).
+STORE_SQL = (
+    "INSERT INTO idempotency_keys (caller, key, request_hash, status, content_type, body, created_at, expires_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, now(), now() + make_interval(secs => $7))"
+    " ON CONFLICT (caller, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,"
+    "   content_type = EXCLUDED.content_type, body = EXCLUDED.body, created_at = EXCLUDED.created_at,"
+    "   expires_at = EXCLUDED.expires_at"
+    " WHERE idempotency_keys.expires_at <= now()"
+    " RETURNING 1"
+)
+
+
+def store_values(
+    caller: str, claim: Claim, response: StoredResponse, ttl_seconds: int
+) -> tuple[str, str, str, int, str, bytes, int]:
+    return (caller, claim.key, claim.fingerprint, response.status, response.content_type, response.body, ttl_seconds)
 
 
 async def purge_expired(session: AsyncSession) -> int:

@@ -16,7 +16,7 @@ from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import audit, idempotency
+from escrow import audit, db, idempotency
 from escrow.audit import AUDIT_DETAIL
 from escrow.auth.guards import PRINCIPAL_KEY, principal_of
 from escrow.auth.requests import authenticate_request
@@ -33,8 +33,9 @@ def caller_of(scope: Scope) -> str:
     return principal.id if principal else "anonymous"
 
 
-async def provide_db_session(request: Request) -> AsyncSession:
-    """Litestar dependency: the session of the request's unit of work."""
+def provide_db_session(request: Request) -> AsyncSession:
+    """Litestar dependency: the session of the request's unit of work (synchronous: with only synchronous
+    dependencies Litestar resolves them inline, without a task group per request)."""
     return request.scope["state"][SESSION_KEY]
 
 
@@ -91,8 +92,22 @@ class UnitOfWorkMiddleware:
         async with state.sessionmaker() as session:
             scope["state"][SESSION_KEY] = session
             try:
+                claim: idempotency.Claim | None = None
+                refusal: EscrowError | None = None  # a bad key: refused once the caller is known
+                if unsafe and scope["route_handler"].opt.get("idempotent", True):
+                    try:
+                        key = idempotency.validate_key(Headers.from_scope(scope).get(idempotency.HEADER))
+                        # Reading the body here caches it on the connection, so the handler reads the same bytes;
+                        # Litestar enforces the body size limit while reading (413).
+                        body = await Request(scope, receive).body()
+                        fingerprint = idempotency.request_hash(
+                            scope["method"], scope["path"], scope.get("query_string", b""), body
+                        )
+                        claim = idempotency.Claim(key, fingerprint)
+                    except EscrowError as exc:
+                        refusal = exc
                 try:
-                    scope["state"][PRINCIPAL_KEY] = await authenticate_request(session, scope, receive, state)
+                    principal, claim_row = await authenticate_request(session, scope, receive, state, claim)
                 except Unauthenticated as exc:
                     if unsafe:
                         await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
@@ -100,8 +115,22 @@ class UnitOfWorkMiddleware:
                         await session.rollback()
                     _failed_authentication(state.limiter, source)
                     raise
-                if unsafe:
-                    status = await self._state_changing(scope, receive, send, session, state.settings)
+                scope["state"][PRINCIPAL_KEY] = principal
+                try:
+                    if refusal is not None:
+                        raise refusal
+                    stored = idempotency.claimed(claim_row, claim) if claim is not None else None
+                except EscrowError as exc:  # a bad key (400), or in flight (409), or a different request (422)
+                    await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
+                    raise
+                if stored is not None:
+                    await audit.record_after_rollback(
+                        session, scope, stored.status, body=stored.body, outcome="replayed"
+                    )
+                    await _send_replay(send, stored)
+                    status = stored.status
+                elif unsafe:
+                    status = await self._state_changing(scope, receive, send, session, state.settings, claim)
                 else:
                     status = await self._reading(scope, receive, send)
                 if status == 401 and guessable:
@@ -122,38 +151,33 @@ class UnitOfWorkMiddleware:
         return status
 
     async def _state_changing(
-        self, scope: Scope, receive: Receive, send: Send, session: AsyncSession, settings: Any
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session: AsyncSession,
+        settings: Any,
+        claim: idempotency.Claim | None,
     ) -> int:
-        route_opt = scope["route_handler"].opt
-        key: str | None = None
-        if route_opt.get("idempotent", True):
-            try:
-                key = idempotency.validate_key(Headers.from_scope(scope).get(idempotency.HEADER))
-                # Reading the body here caches it on the connection, so the handler reads the same bytes;
-                # Litestar enforces the body size limit while reading (413).
-                body = await Request(scope, receive).body()
-                fingerprint = idempotency.request_hash(
-                    scope["method"], scope["path"], scope.get("query_string", b""), body
-                )
-                caller = caller_of(scope)
-                stored = await idempotency.claim(session, caller, key, fingerprint)
-            except EscrowError as exc:
-                await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
-                raise
-            if stored is not None:
-                await audit.record_after_rollback(session, scope, stored.status, body=stored.body, outcome="replayed")
-                await _send_replay(send, stored)
-                return stored.status
         held = _HeldResponse()
         await self.app(scope, receive, held.send)
         response = held.stored()
         if held.status < 400:
-            if key is not None:
+            record = audit.values(scope, held.status, body=response.body, detail=scope["state"].get(AUDIT_DETAIL))
+            if claim is None:
+                await db.fetch(session, _AUDIT, *record)
+            else:
                 # A response that carries a secret (a token, a signing secret, a code) is shown once: a replay
                 # gets a refusal instead, so no secret is ever kept in clear in the idempotency table.
-                kept = idempotency.SECRET_SHOWN_ONCE if route_opt.get("secret_response") else response
-                await idempotency.store(session, caller, key, fingerprint, kept, settings.idempotency_ttl_seconds)
-            audit.add_record(session, scope, held.status, body=response.body, detail=scope["state"].get(AUDIT_DETAIL))
+                kept = idempotency.SECRET_SHOWN_ONCE if scope["route_handler"].opt.get("secret_response") else response
+                values = idempotency.store_values(caller_of(scope), claim, kept, settings.idempotency_ttl_seconds)
+                if not await db.fetchval(session, _STORE_AND_AUDIT, *values, *record):
+                    # The first request with this key committed after this one claimed it: this one must not count.
+                    exc = idempotency.IdempotencyInFlight(
+                        "A request with this Idempotency-Key finished meanwhile; retry to get its response."
+                    )
+                    await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
+                    raise exc
             await session.commit()
         else:
             await audit.record_after_rollback(
@@ -165,6 +189,18 @@ class UnitOfWorkMiddleware:
             )
         await held.release(send)
         return held.status
+
+
+# A state-changing request's success is written in its own transaction, in one round trip: the audit record
+# (audit.values), after the stored response when it has an Idempotency-Key (idempotency.store_values, $1-$7).
+_AUDIT = audit.insert_sql()
+_STORE_AND_AUDIT = " ".join(
+    (
+        f"WITH stored AS ({idempotency.STORE_SQL})",
+        audit.insert_sql(first_param=8),
+        "RETURNING (SELECT count(*) FROM stored)",
+    )
+)
 
 
 def _failed_authentication(limiter: Any, source: str) -> None:

@@ -412,6 +412,7 @@ async def body_for(
         },
         "/v1/cards": {"plan_id": world.own["merchant"]["plan_id"], "consumer_id": world.own["merchant"]["consumer_id"]},
         "/v1/cards/{card_id}/consumptions": {"sessions": 1},
+        "/v1/consumptions": {"services": [{"card_id": world.own["merchant"]["card_id"], "sessions": 1}]},
         "/v1/consumptions/{consumption_id}/dispute": {"reason": "matrix"},
         "/v1/consumptions/{consumption_id}/resolve": {"outcome": "void", "note": "matrix"},
         "/v1/refunds/{refund_id}/reject": {"reason": "matrix"},

@@ -40,28 +40,46 @@ def outcome_of(status: int) -> str:
     return "done" if status < 400 else "refused" if status < 500 else "failed"
 
 
-def add_record(
-    session: AsyncSession,
+_COLUMNS = ("principal_id", "role", "action", "object_id", "request_id", "status", "outcome", "detail")
+
+
+def _record(
     scope: Scope,
     status: int,
     *,
     body: bytes | None = None,
     outcome: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> None:
+) -> dict[str, Any]:
     principal = principal_of(scope)
-    session.add(
-        AuditRecord(
-            principal_id=principal.id if principal else None,
-            role=principal.role if principal else None,
-            action=f"{scope['method']} {scope.get('path_template') or scope['path']}",
-            object_id=_object_id(scope, body),
-            request_id=scope["state"].get("request_id"),
-            status=status,
-            outcome=outcome or outcome_of(status),
-            detail=detail,
-        )
-    )
+    return {
+        "principal_id": principal.id if principal else None,
+        "role": principal.role if principal else None,
+        "action": f"{scope['method']} {scope.get('path_template') or scope['path']}",
+        "object_id": _object_id(scope, body),
+        "request_id": scope["state"].get("request_id"),
+        "status": status,
+        "outcome": outcome or outcome_of(status),
+        "detail": detail,
+    }
+
+
+def values(scope: Scope, status: int, **record: Any) -> tuple[Any, ...]:
+    """A request's audit record as the parameters of :func:`insert_sql`."""
+    columns = _record(scope, status, **record)
+    columns["detail"] = json.dumps(columns["detail"]) if columns["detail"] is not None else None
+    return tuple(columns[name] for name in _COLUMNS)
+
+
+def insert_sql(first_param: int = 1) -> str:
+    """INSERT of one audit record whose :func:`values` are the parameters from ``$first_param`` on."""
+    params = ", ".join(f"${first_param + n}" for n in range(len(_COLUMNS)))
+    return f"INSERT INTO audit_records ({', '.join(_COLUMNS)}) VALUES ({params})"
+
+
+def add_record(session: AsyncSession, scope: Scope, status: int, **record: Any) -> None:
+    """Add a request's audit record to the session (written at its next flush)."""
+    session.add(AuditRecord(**_record(scope, status, **record)))
 
 
 async def record_after_rollback(

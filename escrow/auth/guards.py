@@ -1,6 +1,6 @@
 """Route guards by role; object-level checks (404 for others' objects) live in the services."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -17,7 +17,7 @@ def principal_of(scope: Scope) -> Principal | None:
     return scope["state"].get(PRINCIPAL_KEY)
 
 
-def requires(*roles: str, own: tuple[str, ...] = ()) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
+def requires(*roles: str, own: tuple[str, ...] = ()) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:
     """A guard admitting only principals of the given roles (401 without credentials, 403 for other roles).
 
     ``own`` names the roles that reach only their own objects there: the service answers 404 for the others'.
@@ -25,7 +25,8 @@ def requires(*roles: str, own: tuple[str, ...] = ()) -> Callable[[ASGIConnection
     the service's.
     """
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    # async: Litestar runs a synchronous guard in a worker thread, on every request
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         principal = principal_of(connection.scope)
         if principal is None:
             raise Unauthenticated("This endpoint needs 'Authorization: Bearer <token>'.")

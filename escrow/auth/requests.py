@@ -7,13 +7,23 @@ from litestar import Request
 from litestar.datastructures import Headers
 from litestar.types import Receive, Scope
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow.auth.tokens import Principal, Unauthenticated, authenticate
+from escrow import db, idempotency
+from escrow.auth.tokens import (
+    CALLER_SQL,
+    InvalidToken,
+    Principal,
+    Unauthenticated,
+    authenticate,
+    bearer_secret,
+    hash_secret,
+    is_bank_secret,
+    principal_from,
+)
 from escrow.banks.service import signing_secret_context
 from escrow.kit.signing import MAX_SKEW_SECONDS, SignatureError, verify_signature
-from escrow.models import Bank, BankNonce
+from escrow.models import BankNonce
 
 
 class BadSignature(Unauthenticated):
@@ -38,18 +48,59 @@ def path_with_query(scope: Scope) -> str:
     return (raw + (b"?" + query if query else b"")).decode("latin-1")
 
 
-async def authenticate_request(session: AsyncSession, scope: Scope, receive: Receive, state: Any) -> Principal | None:
-    principal = await authenticate(session, Headers.from_scope(scope).get("authorization"))
-    if principal is None or principal.role != "bank":
-        return principal
-    bank = await session.get(Bank, principal.id)
-    if bank is None:
+_CALLER = "coalesce(t.principal_id, 'anonymous')"
+# The caller's token ($1: its hash, NULL without one), and with a claim ($2: the Idempotency-Key) the claim too:
+# one round trip for both.
+_TOKEN_AND_CLAIM = (
+    f"SELECT t.token_id, t.role, t.principal_id, {idempotency.claim_sql(_CALLER, '$2')}"
+    f" FROM (SELECT 1) one LEFT JOIN ({CALLER_SQL}) t ON true {idempotency.claim_join(_CALLER, '$2')}"
+)
+_BANK_TOKEN = (
+    "SELECT t.token_id, t.role, t.principal_id, b.id AS bank_id, b.signing_secret_enc, b.signing_algorithm"
+    f" FROM ({CALLER_SQL}) t LEFT JOIN banks b ON b.id = t.principal_id"
+)
+_CLAIM = f"SELECT {idempotency.claim_sql('$1', '$2')} FROM (SELECT 1) one {idempotency.claim_join('$1', '$2')}"
+_NONCE = "INSERT INTO bank_nonces (bank_id, nonce) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING nonce"
+
+
+async def authenticate_request(
+    session: AsyncSession, scope: Scope, receive: Receive, state: Any, claim: idempotency.Claim | None = None
+) -> tuple[Principal | None, Any]:
+    """The caller (None without credentials; 401 for bad ones) and, for a ``claim``, the row of its claim, read
+    in the same round trip (:func:`idempotency.claimed` tells what it means)."""
+    authorization = Headers.from_scope(scope).get("authorization")
+    secret = bearer_secret(authorization)
+    if secret is not None and is_bank_secret(secret):
+        principal = await _authenticate_bank(session, scope, receive, state, secret)
+        if claim is None:
+            return principal, None
+        return principal, await db.fetchrow(session, _CLAIM, principal.id, claim.key)
+    if claim is None:
+        return await authenticate(session, authorization), None
+    token_hash = hash_secret(secret) if secret is not None else None
+    row = await db.fetchrow(session, _TOKEN_AND_CLAIM, token_hash, claim.key)
+    principal = principal_from(row) if secret is not None else None
+    if principal is not None and principal.role == "bank":  # a bank token without its prefix: never issued
+        raise InvalidToken("The token is unknown or revoked.")
+    return principal, row
+
+
+async def _authenticate_bank(
+    session: AsyncSession, scope: Scope, receive: Receive, state: Any, secret: str
+) -> Principal:
+    """A bank's token and its signature over the exact request; the nonce is burnt in a statement committed on
+    its own, before the request's transaction begins, so a request that then fails still burns it."""
+    row = await db.autocommit(session, _BANK_TOKEN, hash_secret(secret))
+    principal = principal_from(row)
+    if principal.role != "bank":
+        raise InvalidToken("The token is unknown or revoked.")
+    if row["bank_id"] is None:
         raise Unauthenticated("The bank behind this token no longer exists.")
     body = await Request(scope, receive).body()
     try:
         nonce = verify_signature(
-            state.keyring.decrypt(bank.signing_secret_enc, signing_secret_context(bank.id)),
-            bank.signing_algorithm,
+            state.keyring.decrypt(row["signing_secret_enc"], signing_secret_context(row["bank_id"])),
+            row["signing_algorithm"],
             scope["method"],
             path_with_query(scope),
             Headers.from_scope(scope),
@@ -58,22 +109,9 @@ async def authenticate_request(session: AsyncSession, scope: Scope, receive: Rec
         )
     except SignatureError as exc:
         raise _signature_error(exc) from exc
-    # Give the request's connection back before the nonce's own transaction takes one: holding two at once
-    # lets a burst of bank calls exhaust the pool with every request waiting for its second connection.
-    bank_id = bank.id
-    await session.rollback()
-    await _remember_nonce(state, bank_id, nonce)
+    if await db.autocommit(session, _NONCE, row["bank_id"], nonce) is None:
+        raise ReplayedNonce("This nonce was already used; sign every request with a new one.")
     return principal
-
-
-async def _remember_nonce(state: Any, bank_id: str, nonce: str) -> None:
-    """Record the nonce in a transaction of its own, so a request that fails still burns it."""
-    async with state.sessionmaker() as nonces, nonces.begin():
-        inserted = await nonces.execute(
-            insert(BankNonce).values(bank_id=bank_id, nonce=nonce).on_conflict_do_nothing().returning(BankNonce.nonce)
-        )
-        if inserted.first() is None:
-            raise ReplayedNonce("This nonce was already used; sign every request with a new one.")
 
 
 async def forget_old_nonces(session: AsyncSession) -> int:

@@ -8,6 +8,7 @@ every transport failure, counts as an error; the caller must fail the run when t
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -26,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from escrow.auth.tokens import issue_token
 from escrow.db import create_sessionmaker
-from escrow.kit.signing import BankAuth
+from escrow.kit.http1 import Http1Client
+from escrow.kit.signing import sign_headers
 from escrow.kit.uscc import _organisation_check_character as organisation_check_character
 from escrow.kit.uscc import with_check_character
 
@@ -69,6 +71,8 @@ class FlowResult:
     merchants: int
     concurrency: int
     cpu_seconds: dict[str, float]  # used during the measured steps, by process group (Linux only; else empty)
+    class_size: int  # services recorded per request (1: one at a time)
+    recorded: int  # services recorded
 
     @property
     def errors(self) -> int:
@@ -115,38 +119,65 @@ class Card:
     payment: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class BankSigner:
+    """A bank's credentials: every request it sends carries its token and a fresh signature."""
+
+    token: str
+    secret: str
+    algorithm: str
+
+    def headers(self, method: str, path: str, body: bytes) -> list[tuple[str, str]]:
+        signed = sign_headers(self.secret, self.algorithm, method, path, body)
+        return [("Authorization", f"Bearer {self.token}"), *signed.items()]
+
+
 class Api:
     """An HTTP client that gives every request a fresh Idempotency-Key, and times and counts the measured ones."""
 
-    def __init__(self, client: httpx.AsyncClient, run: str) -> None:
+    def __init__(self, client: Http1Client, run: str) -> None:
         self.client = client
         self.run = run
         self._requests = 0
 
-    def _headers(self, token: str | None) -> dict[str, str]:
+    def _request(
+        self, path: str, body: dict | None, token: str | None, bank: BankSigner | None
+    ) -> tuple[bytes, list[tuple[str, str]]]:
         self._requests += 1
-        headers = {"Idempotency-Key": f"bench-{self.run}-{self._requests}"}
+        content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = [("Content-Type", "application/json"), ("Idempotency-Key", f"bench-{self.run}-{self._requests}")]
         if token:
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
+            headers.append(("Authorization", f"Bearer {token}"))
+        if bank:
+            headers.extend(bank.headers("POST", path, content))
+        return content, headers
 
-    async def setup(self, path: str, body: dict | None = None, *, token: str | None = None, auth=None) -> dict:
+    async def setup(
+        self, path: str, body: dict | None = None, *, token: str | None = None, bank: BankSigner | None = None
+    ) -> dict:
         """A setup request: not measured, and any failure stops the benchmark at once."""
-        response = await self.client.post(path, json=body, headers=self._headers(token), auth=auth)
-        if not response.is_success:
-            raise RuntimeError(f"setup failed: POST {path} -> {response.status_code} {response.text}")
+        content, headers = self._request(path, body, token, bank)
+        response = await self.client.request("POST", path, headers=headers, body=content)
+        if not response.ok:
+            raise RuntimeError(f"setup failed: POST {path} -> {response.status} {response.text}")
         return response.json()
 
     async def measured(
-        self, step: StepResult, path: str, body: dict | None = None, *, token: str | None = None, auth=None
+        self,
+        step: StepResult,
+        path: str,
+        body: dict | None = None,
+        *,
+        token: str | None = None,
+        bank: BankSigner | None = None,
     ) -> dict | None:
         """A measured request: its latency is recorded; None (and one more error) when it did not succeed."""
-        headers = self._headers(token)
+        content, headers = self._request(path, body, token, bank)
         started = time.perf_counter()
         try:
-            response = await self.client.post(path, json=body, headers=headers, auth=auth)
-            failure = None if response.is_success else f"POST {path} -> {response.status_code} {response.text[:300]}"
-        except httpx.HTTPError as exc:
+            response = await self.client.request("POST", path, headers=headers, body=content)
+            failure = None if response.ok else f"POST {path} -> {response.status} {response.text[:300]}"
+        except OSError as exc:
             failure = f"POST {path} -> {type(exc).__name__}: {exc}"
         step.latencies_ms.append((time.perf_counter() - started) * 1000)
         step.requests += 1
@@ -156,6 +187,14 @@ class Api:
         if len(step.error_samples) < ERROR_SAMPLES:
             step.error_samples.append(failure)
         return None
+
+
+def classes(cards: list[Card], size: int) -> list[list[Card]]:
+    """Each merchant's cards in classes of ``size`` (the last class of a merchant may be smaller)."""
+    by_merchant: dict[str, list[Card]] = {}
+    for card in cards:
+        by_merchant.setdefault(card.consumer.merchant.id, []).append(card)
+    return [group[i : i + size] for group in by_merchant.values() for i in range(0, len(group), size)]
 
 
 async def _each(items: Iterable[T], concurrency: int, do: Callable[[T], Awaitable[R | None]]) -> list[R]:
@@ -190,10 +229,10 @@ def _uscc(serial: int) -> str:
 
 async def setup(
     api: Api, regulator: str, merchants: int, consumers: int, plan_sessions: int, concurrency: int
-) -> tuple[BankAuth, list[Consumer]]:
+) -> tuple[BankSigner, list[Consumer]]:
     """A bank, merchants each with an active escrow account and a sessions plan, and consumers spread over them."""
     bank = await api.setup("/v1/banks", {"name": f"Bench bank {api.run}", "code": f"B{api.run}"[:20]}, token=regulator)
-    bank_auth = BankAuth(bank["token"], bank["signing_secret"], bank["bank"]["signing_algorithm"])
+    bank_auth = BankSigner(bank["token"], bank["signing_secret"], bank["bank"]["signing_algorithm"])
     serial = secrets.randbelow(10**8)  # fresh USCCs and phone numbers, so runs against one server don't collide
 
     async def onboard(index: int) -> Merchant:
@@ -213,7 +252,7 @@ async def setup(
         await api.setup(
             f"/v1/escrow-accounts/{account['id']}/activate",
             {"bank_account_number": "3301 0400 0123 4567 89"},
-            auth=bank_auth,
+            bank=bank_auth,
         )
         plan = await api.setup(
             "/v1/plans",
@@ -249,14 +288,13 @@ async def run(
     sessions: int,
     merchants: int,
     concurrency: int,
+    class_size: int = 1,
     server_pid: int | None = None,
     database: str | None = None,
 ) -> FlowResult:
     """Set up through the API, then measure the four steps one after the other."""
-    # Idle connections are dropped after 2 s, before the server (uvicorn: 5 s) closes them: else a request can go out
-    # on a connection the server is closing at that moment, and fail with a ReadError the service did not cause.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    # A lean client (escrow.kit.http1): it shares the cores with the service, so its own CPU must stay small.
+    async with Http1Client(url, concurrency) as client:
         api = Api(client, secrets.token_hex(4).upper())
         plan_sessions = max(PLAN_SESSIONS, sessions)
         bank, people = await setup(api, regulator, merchants, consumers, plan_sessions, concurrency)
@@ -272,12 +310,17 @@ async def run(
                 "amount": card.payment["amount"],
                 "bank_transaction_id": f"BENCH-{api.run}-{card.id}",
             }
-            return card if await api.measured(step, "/v1/deposits", body, auth=bank) else None
+            return card if await api.measured(step, "/v1/deposits", body, bank=bank) else None
 
-        async def consume(step: StepResult, card: Card) -> tuple[Card, str] | None:
-            path = f"/v1/cards/{card.id}/consumptions"
-            recorded = await api.measured(step, path, {"sessions": 1}, token=card.consumer.merchant.token)
-            return (card, recorded["id"]) if recorded else None
+        async def consume(step: StepResult, batch: list[Card]) -> list[tuple[Card, str]] | None:
+            merchant = batch[0].consumer.merchant
+            if class_size == 1:  # one service per request
+                path, body = f"/v1/cards/{batch[0].id}/consumptions", {"sessions": 1}
+                recorded = await api.measured(step, path, body, token=merchant.token)
+                return [(batch[0], recorded["id"])] if recorded else None
+            body = {"services": [{"card_id": card.id, "sessions": 1} for card in batch], "note": "class"}
+            recorded = await api.measured(step, "/v1/consumptions", body, token=merchant.token)
+            return list(zip(batch, (c["id"] for c in recorded["consumptions"]), strict=True)) if recorded else None
 
         async def confirm(step: StepResult, consumption: tuple[Card, str]) -> None:
             card, consumption_id = consumption
@@ -286,17 +329,19 @@ async def run(
         before = cpu_seconds(server_pid, database)
         sales, sold = await _phase("sale", people, concurrency, sell)
         deposits, paid = await _phase("deposit", sold, concurrency, deposit)
-        # Round by round over all cards, so concurrent requests touch different cards, as different gyms' desks do.
-        rounds = [card for _ in range(sessions) for card in paid]
+        # Round by round over all cards, so concurrent requests touch different cards, as different gyms' desks do;
+        # with classes, each merchant's cards attend in classes of ``class_size``.
+        rounds = [batch for _ in range(sessions) for batch in classes(paid, class_size)]
         consumptions, recorded = await _phase("consumption", rounds, concurrency, consume)
-        confirmations, _ = await _phase("confirmation", recorded, concurrency, confirm)
+        services = [service for batch in recorded for service in batch]
+        confirmations, _ = await _phase("confirmation", services, concurrency, confirm)
         after = cpu_seconds(server_pid, database)
 
     used = {group: after[group] - before[group] for group in after if group in before}
     if used:  # the machine's total, less what is accounted for above
         used["everything else"] = max(0.0, used.pop("machine") - sum(used.values()))
     steps = [sales, deposits, consumptions, confirmations]
-    return FlowResult(steps, consumers, sessions, merchants, concurrency, used)
+    return FlowResult(steps, consumers, sessions, merchants, concurrency, used, class_size, len(services))
 
 
 def table(result: FlowResult) -> str:
@@ -315,6 +360,11 @@ def summary(result: FlowResult) -> str:
         f" ({result.confirmed} confirmed in {result.seconds:.1f} s of sale, deposit, consumption and confirmation),"
         f" {result.confirmation_rate:,.0f} during the confirmation step"
     ]
+    if result.class_size > 1:
+        lines.append(
+            f"services recorded in classes of up to {result.class_size}: {result.recorded} services in"
+            f" {result.steps[2].requests} requests"
+        )
     if result.cpu_seconds:
         available = (os.cpu_count() or 1) * result.seconds
         used = ", ".join(f"{group} {seconds:.1f} s" for group, seconds in result.cpu_seconds.items())

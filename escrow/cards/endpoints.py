@@ -18,6 +18,7 @@ from escrow.cards.schemas import (
     UnappliedDepositOut,
 )
 from escrow.consumptions.service import pending_on
+from escrow.db import Row
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import FieldInvalid, problem_responses
 from escrow.kit.money import Money
@@ -29,7 +30,7 @@ TAGS = ["cards"]
 EVERYONE_OWN = requires("regulator", "bank", "merchant", "consumer", own=("bank", "merchant", "consumer"))
 
 
-def card_out(card: Card) -> CardOut:
+def card_out(card: Card | Row) -> CardOut:
     return CardOut(
         id=card.id,
         merchant_id=card.merchant_id,
@@ -60,14 +61,14 @@ def card_out(card: Card) -> CardOut:
 async def sell_card(
     data: JSONBody[CardSale], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> CardSold:
-    card, account, bank = await service.sell(db_session, settings, principal, data)
+    sale = await service.sell(db_session, settings, principal, data)
     return CardSold(
-        card=card_out(card),
+        card=card_out(sale.card),
         payment=PaymentDetails(
-            bank_name=bank.name,
-            escrow_account_number_masked=account.bank_account_masked or "",
-            payment_reference=card.payment_reference,
-            amount=Money(amount=card.price),
+            bank_name=sale.bank_name,
+            escrow_account_number_masked=sale.escrow_account_number_masked,
+            payment_reference=sale.card.payment_reference,
+            amount=Money(amount=sale.card.price),
         ),
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import ledger
+from escrow import db, ledger
 from escrow.auth.tokens import Principal
 from escrow.cards.pricing import CardMoney, protected_part_of_price, split
 from escrow.cards.schemas import CardSale, DepositReport
@@ -21,7 +21,7 @@ from escrow.config import Settings
 from escrow.errors import Conflict, EscrowError, FieldInvalid, NotFound
 from escrow.kit.clock import business_date, utcnow
 from escrow.kit.ids import new_id
-from escrow.models import Bank, Card, ConsumerLink, EscrowAccount, Merchant, Plan, Refund, UnappliedDeposit
+from escrow.models import Card, EscrowAccount, Merchant, Refund, UnappliedDeposit
 from escrow.plans import rules
 
 LIVE_STATES = ("awaiting_payment", "active")
@@ -121,6 +121,23 @@ async def visible(session: AsyncSession, principal: Principal, card: Card) -> bo
     return False
 
 
+def visible_sql(principal: Principal, param: str) -> str:
+    """SQL condition on a ``cards`` row: the card is the caller's to see; ``param`` is the placeholder that holds
+    the caller's id (the SQL twin of :func:`visible`)."""
+    return {
+        "regulator": f"{param}::text IS NOT NULL",
+        "merchant": f"merchant_id = {param}",
+        "consumer": f"consumer_id = {param}",
+        "bank": f"escrow_account_id IN (SELECT id FROM escrow_accounts WHERE bank_id = {param})",
+    }[principal.role]
+
+
+async def save_row(session: AsyncSession, card: db.Row, *columns: str) -> None:
+    """Write back the named columns of a card row changed under its lock."""
+    assignments = ", ".join(f"{column} = ${n}" for n, column in enumerate(columns, start=2))
+    await db.fetch(session, f"UPDATE cards SET {assignments} WHERE id = $1", card.id, *(card[c] for c in columns))
+
+
 async def get(session: AsyncSession, principal: Principal, card_id: str, *, for_update: bool = False) -> Card:
     card = await session.get(Card, card_id)
     if card is None or not await visible(session, principal, card):
@@ -140,114 +157,142 @@ async def has_refund_requested(session: AsyncSession, card_id: str) -> bool:
 async def check_account_active(session: AsyncSession, card: Card) -> None:
     """Services and refunds need the card's escrow account active (not frozen by the regulator or a closure)."""
     account = await session.get(EscrowAccount, card.escrow_account_id)
-    if account is None or account.status != "active":
-        status = account.status if account else "missing"
-        raise CardNotActive(f"the escrow account of card {card.id} is {status}: the card is on hold")
+    check_account_status(card.id, account.status if account else None)
 
 
-def check_sales_open(merchant: Merchant, account: EscrowAccount) -> None:
-    if merchant.status != "active":
-        raise SalesStopped(f"merchant {merchant.id} is {merchant.status}: no sales")
-    if account.status != "active":
-        raise SalesStopped(f"escrow account {account.id} is {account.status}: no sales")
-
-
-async def _escrow_account_for(session: AsyncSession, merchant: Merchant, account_id: str | None) -> EscrowAccount:
-    if account_id is not None:
-        account = await session.get(EscrowAccount, account_id, with_for_update=NO_KEY_UPDATE)
-        if account is None or account.merchant_id != merchant.id:
-            raise FieldInvalid("escrow_account_id", f"no escrow account {account_id} of this merchant")
-        return account
-    accounts = list(
-        await session.scalars(
-            select(EscrowAccount).where(EscrowAccount.merchant_id == merchant.id, EscrowAccount.status == "active")
+def check_account_status(card_id: str, status: str | None, errors: list[dict[str, str]] | None = None) -> None:
+    if status != "active":
+        raise CardNotActive(
+            f"the escrow account of card {card_id} is {status or 'missing'}: the card is on hold", errors=errors
         )
-    )
-    if len(accounts) != 1:
-        raise FieldInvalid("escrow_account_id", "required: the merchant has no active escrow account or more than one")
-    return accounts[0]
 
 
-async def sell(
-    session: AsyncSession, settings: Settings, principal: Principal, data: CardSale
-) -> tuple[Card, EscrowAccount, Bank]:
-    # The merchant row is locked so a closure or suspension and a sale can't cross.
-    merchant = await session.get(Merchant, principal.id, with_for_update=NO_KEY_UPDATE)
+# What a sale checks, read in one round trip once the merchant is locked ($1 merchant, $2 plan, $3 consumer,
+# $4 escrow account or NULL, $5 whether the consumer's prepaid total at this merchant counts (gyms)): the plan,
+# whether the merchant registered the consumer, the escrow account named (or the merchant's only active one,
+# ``candidates`` telling how many there are) with its bank, and the consumer's paid, unused value here.
+_SALE_CONTEXT = (
+    "SELECT p.id AS plan_id, p.name AS plan_name, p.kind, p.price, p.units, p.validity_days, p.terms, p.active,"
+    "  EXISTS (SELECT 1 FROM consumer_links WHERE consumer_id = $3 AND merchant_id = $1) AS registered,"
+    "  a.id AS account_id, a.status AS account_status, a.bank_account_masked, a.candidates, b.name AS bank_name,"
+    # unpaid sales hold no money and may be abandoned: only paid, active cards count
+    "  CASE WHEN $5 THEN (SELECT coalesce(sum(price - consumed - refunded), 0)::bigint FROM cards"
+    "    WHERE merchant_id = $1 AND consumer_id = $3 AND status = 'active') END AS prepaid"
+    " FROM (SELECT 1) one"
+    " LEFT JOIN plans p ON p.id = $2 AND p.merchant_id = $1"
+    " LEFT JOIN LATERAL (SELECT *, count(*) OVER () AS candidates FROM escrow_accounts"
+    "   WHERE merchant_id = $1 AND (id = $4 OR ($4::text IS NULL AND status = 'active')) LIMIT 1) a ON true"
+    " LEFT JOIN banks b ON b.id = a.bank_id"
+)
+_NEW_CARD = (
+    "INSERT INTO cards (id, merchant_id, escrow_account_id, plan_id, consumer_id, kind, status, price, units_total,"
+    " units_used, custody_ratio_bp, protected_paid, consumed, released, refunded, protected_out, payment_reference,"
+    " days_settled) VALUES ($1, $2, $3, $4, $5, $6, 'awaiting_payment', $7, $8, 0, $9, $10, 0, 0, 0, 0, $11, 0)"
+    " RETURNING *"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Sale:
+    card: db.Row
+    bank_name: str
+    escrow_account_number_masked: str
+
+
+async def sell(session: AsyncSession, settings: Settings, principal: Principal, data: CardSale) -> Sale:
+    # The merchant row is share-locked: concurrent sales go ahead together, while a closure or a suspension
+    # (which update the row) and a sale can't cross.
+    merchant = await db.one(session, "SELECT * FROM merchants WHERE id = $1 FOR SHARE", principal.id)
     if merchant is None:
         raise NotFound(f"no merchant {principal.id}")
     if merchant.status != "active":  # before anything else: a closing merchant's accounts are frozen too
         raise SalesStopped(f"merchant {merchant.id} is {merchant.status}: no sales")
-    plan = await session.get(Plan, data.plan_id)
-    if plan is None or plan.merchant_id != merchant.id:
-        raise FieldInvalid("plan_id", f"no plan {data.plan_id} of this merchant")
-    if not plan.active:
-        raise FieldInvalid("plan_id", "the plan is retired")
-    if await session.get(ConsumerLink, (data.consumer_id, merchant.id)) is None:
-        raise FieldInvalid("consumer_id", "register the consumer (POST /v1/consumers) before selling to them")
-    account = await _escrow_account_for(session, merchant, data.escrow_account_id)
-    check_sales_open(merchant, account)
-    rules.check(settings, merchant.category, plan)
-    if merchant.category == "gym":
-        prepaid_total = await session.scalar(
-            select(func.coalesce(func.sum(Card.price - Card.consumed - Card.refunded), 0)).where(
-                # unpaid sales hold no money and may be abandoned: only paid, active cards count
-                Card.merchant_id == merchant.id,
-                Card.consumer_id == data.consumer_id,
-                Card.status == "active",
-            )
-        )
-        prepaid = int(prepaid_total or 0)  # sum() of bigint is numeric
-        if prepaid + plan.price > settings.fitness_consumer_max_total:
-            raise rules.PlanRuleBroken(
-                f"this consumer would hold {rules.yuan(prepaid + plan.price)} of prepaid value at this gym; "
-                f"the limit is {rules.yuan(settings.fitness_consumer_max_total)} (fitness_consumer_max_total)",
-                errors=[
-                    {
-                        "field": "consumer_id",
-                        "message": "prepaid total per consumer per gym exceeded",
-                        "rule": "fitness_consumer_max_total",
-                    }
-                ],
-            )
-    now = utcnow()
-    ratio = custody_ratio(settings, merchant, now)
-    card = Card(
-        id=new_id("card"),
-        merchant_id=merchant.id,
-        escrow_account_id=account.id,
-        plan_id=plan.id,
-        consumer_id=data.consumer_id,
-        kind=plan.kind,
-        status="awaiting_payment",
-        price=plan.price,
-        units_total=plan.units,
-        units_used=0,
-        custody_ratio_bp=ratio,
-        protected_paid=protected_part_of_price(plan.price, ratio),
-        consumed=0,
-        released=0,
-        refunded=0,
-        protected_out=0,
-        payment_reference=f"PE{secrets.randbelow(10**18):018d}",
-        days_settled=0,
+    context = await db.one(
+        session,
+        _SALE_CONTEXT,
+        merchant.id,
+        data.plan_id,
+        data.consumer_id,
+        data.escrow_account_id,
+        merchant.category == "gym",
     )
-    session.add(card)
-    await session.flush()
-    await session.refresh(card)
-    bank = await session.get(Bank, account.bank_id)
-    assert bank is not None
-    return card, account, bank
+    assert context is not None
+    if context.plan_id is None:
+        raise FieldInvalid("plan_id", f"no plan {data.plan_id} of this merchant")
+    if not context.active:
+        raise FieldInvalid("plan_id", "the plan is retired")
+    if not context.registered:
+        raise FieldInvalid("consumer_id", "register the consumer (POST /v1/consumers) before selling to them")
+    if data.escrow_account_id is not None and context.account_id is None:
+        raise FieldInvalid("escrow_account_id", f"no escrow account {data.escrow_account_id} of this merchant")
+    if data.escrow_account_id is None and context.candidates != 1:
+        raise FieldInvalid("escrow_account_id", "required: the merchant has no active escrow account or more than one")
+    if context.account_status != "active":
+        raise SalesStopped(f"escrow account {context.account_id} is {context.account_status}: no sales")
+    plan = db.Row(
+        id=context.plan_id, name=context.plan_name, kind=context.kind, price=context.price, units=context.units,
+        validity_days=context.validity_days, terms=context.terms,
+    )  # fmt: skip
+    rules.check(settings, merchant.category, plan)
+    if context.prepaid is not None and context.prepaid + plan.price > settings.fitness_consumer_max_total:
+        raise rules.PlanRuleBroken(
+            f"this consumer would hold {rules.yuan(context.prepaid + plan.price)} of prepaid value at this gym; "
+            f"the limit is {rules.yuan(settings.fitness_consumer_max_total)} (fitness_consumer_max_total)",
+            errors=[
+                {
+                    "field": "consumer_id",
+                    "message": "prepaid total per consumer per gym exceeded",
+                    "rule": "fitness_consumer_max_total",
+                }
+            ],
+        )
+    ratio = custody_ratio(settings, merchant, utcnow())
+    card = await db.one(
+        session,
+        _NEW_CARD,
+        new_id("card"),
+        merchant.id,
+        context.account_id,
+        plan.id,
+        data.consumer_id,
+        plan.kind,
+        plan.price,
+        plan.units,
+        ratio,
+        protected_part_of_price(plan.price, ratio),
+        f"PE{secrets.randbelow(10**18):018d}",
+    )
+    assert card is not None
+    return Sale(card, context.bank_name, context.bank_account_masked or "")
 
 
-async def confirm_deposit(session: AsyncSession, settings: Settings, principal: Principal, data: DepositReport) -> Card:
+# Before the card: an earlier refusal of this bank transaction ($1 bank, $2 bank transaction id), and a card it
+# already paid (one bank transaction pays one card, never two).
+_DEPOSIT_HISTORY = (
+    "SELECT (SELECT detail FROM unapplied_deposits WHERE bank_id = $1 AND bank_transaction_id = $2) AS refused,"
+    " (SELECT reason FROM unapplied_deposits WHERE bank_id = $1 AND bank_transaction_id = $2) AS refused_reason,"
+    " (SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
+    "   WHERE c.deposit_transaction_id = $2 AND a.bank_id = $1 LIMIT 1) AS paid_card"
+)
+_CARD_BY_REFERENCE = (
+    "SELECT c.*, a.bank_id AS account_bank_id, a.status AS account_status, p.validity_days"
+    " FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id JOIN plans p ON p.id = c.plan_id"
+    " WHERE c.payment_reference = $1 FOR NO KEY UPDATE OF c"
+)
+
+
+async def confirm_deposit(
+    session: AsyncSession, settings: Settings, principal: Principal, data: DepositReport
+) -> db.Row:
     """Apply a deposit the bank reports (entry 1 of domain.md §4), idempotent on the bank's transaction id.
 
     A deposit that can't be applied — unknown reference, wrong amount, a card already paid, an account that
     can't take money — is refused and kept as unapplied for reconciliation; its money is never put on a card.
     """
-    earlier = await session.get(UnappliedDeposit, (principal.id, data.bank_transaction_id))
-    if earlier is not None:
-        raise DepositRefused(earlier.detail, reason=earlier.reason)
+    history = await db.one(session, _DEPOSIT_HISTORY, principal.id, data.bank_transaction_id)
+    assert history is not None
+    if history.refused is not None:
+        raise DepositRefused(history.refused, reason=history.refused_reason)
 
     def refuse(reason: str, detail: str, status: int = 422) -> DepositRefused:
         kind = DepositRefused if status == 422 else DepositNotApplicable
@@ -266,23 +311,17 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
             ],
         )
 
-    card = await session.scalar(select(Card).where(Card.payment_reference == data.payment_reference).with_for_update())
-    account = await session.get(EscrowAccount, card.escrow_account_id) if card else None
-    if card is None or account is None or account.bank_id != principal.id:
+    card = await db.one(session, _CARD_BY_REFERENCE, data.payment_reference)
+    if card is None or card.account_bank_id != principal.id:
         raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
     if card.deposit_transaction_id == data.bank_transaction_id:
         return card  # the same deposit reported again
     if card.predecessor_card_id is not None:  # paid by the transfer from the closing merchant, never by a deposit
         raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
-    paid_elsewhere = await session.scalar(
-        select(Card.id)
-        .join(EscrowAccount, EscrowAccount.id == Card.escrow_account_id)
-        .where(Card.deposit_transaction_id == data.bank_transaction_id, EscrowAccount.bank_id == principal.id)
-    )
-    if paid_elsewhere is not None:  # one bank transaction pays one card, never two
+    if history.paid_card is not None:
         raise refuse(
             "transaction_already_applied",
-            f"bank transaction {data.bank_transaction_id} already paid card {paid_elsewhere}",
+            f"bank transaction {data.bank_transaction_id} already paid card {history.paid_card}",
             409,
         )
     if card.status == "cancelled":
@@ -293,30 +332,30 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
         raise refuse(
             "amount_mismatch", f"card {card.id} costs {card.price} fen; the deposit is {data.amount.amount} fen"
         )
-    if account.status != "active":
-        raise refuse("account_not_active", f"escrow account {account.id} is {account.status}", 409)
+    if card.account_status != "active":
+        raise refuse("account_not_active", f"escrow account {card.escrow_account_id} is {card.account_status}", 409)
     await _post_paid(session, card, principal.id, data.bank_transaction_id, "deposit")
     now = utcnow()
     card.status = "active"
     card.deposit_transaction_id = data.bank_transaction_id
     card.paid_at = now
     card.starts_on = business_date(now, settings.business_timezone)
-    plan = await session.get(Plan, card.plan_id)
-    assert plan is not None
-    card.valid_until = card.starts_on + timedelta(days=plan.validity_days - 1)
-    await session.flush()
+    card.valid_until = card.starts_on + timedelta(days=card.validity_days - 1)
+    await save_row(session, card, "status", "deposit_transaction_id", "paid_at", "starts_on", "valid_until")
     return card
 
 
-async def _post_paid(session: AsyncSession, card: Card, principal: str, bank_transaction_id: str, how: str) -> None:
+async def _post_paid(
+    session: AsyncSession, card: Card | db.Row, principal: str, bank_transaction_id: str, how: str
+) -> None:
     """Entry 1 of domain.md §4: the card's custodied part into custody, the rest the merchant's obligation."""
     legs: list[ledger.Leg] = []
-    await ledger.open_account(session, card.escrow_account_id, card_code(card.id))
     if card.protected_paid:
         legs += ledger.transfer("custody_cash", card_code(card.id), card.protected_paid)
     if card.price > card.protected_paid:
-        await ledger.open_account(session, card.escrow_account_id, unprotected_code(card.id))
         legs += ledger.transfer("merchant_obligation", unprotected_code(card.id), card.price - card.protected_paid)
+    codes = [card_code(card.id)] + ([unprotected_code(card.id)] if card.price > card.protected_paid else [])
+    await ledger.open_accounts(session, card.escrow_account_id, codes)
     await ledger.post(
         session,
         ledger.Entry(

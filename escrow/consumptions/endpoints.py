@@ -3,7 +3,14 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from escrow.auth.guards import requires
 from escrow.consumptions import service
-from escrow.consumptions.schemas import ConsumptionCreate, ConsumptionOut, Dispute, Resolution
+from escrow.consumptions.schemas import (
+    ConsumptionBatch,
+    ConsumptionBatchOut,
+    ConsumptionCreate,
+    ConsumptionOut,
+    Dispute,
+    Resolution,
+)
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
 from escrow.kit.pagination import check_limit
@@ -28,6 +35,25 @@ async def record_consumption(
     settings: SettingsDep,
 ) -> ConsumptionOut:
     return ConsumptionOut.of(await service.record(db_session, settings, principal, card_id, data))
+
+
+@post(
+    "/v1/consumptions",
+    guards=[requires("merchant", own=("merchant",))],
+    tags=TAGS,
+    summary="Record services rendered to many cards at once (a class, a lesson): all are held, or none",
+    description="Each service is checked as a single one would be; a refusal names the item at fault "
+    "(`services[i]…`) and records nothing.",
+    responses=problem_responses(401, 403, 404, 409, 422, 423),
+)
+async def record_consumptions(
+    data: JSONBody[ConsumptionBatch], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+) -> ConsumptionBatchOut:
+    services = [
+        service.Service(s.card_id, s.sessions, s.face_value.amount if s.face_value else None) for s in data.services
+    ]
+    recorded = await service.record_many(db_session, settings, principal, services, data.note)
+    return ConsumptionBatchOut(consumptions=[ConsumptionOut.of(c) for c in recorded])
 
 
 @get(

@@ -12,6 +12,22 @@ class ConsumptionCreate(BaseModel):
     note: str | None = Field(default=None, max_length=500, examples=["Spin class 19:00"])
 
 
+MAX_BATCH = 200  # services per batch: a class, a lesson, a day's appointments
+
+
+class ServiceRendered(BaseModel):
+    card_id: str = Field(min_length=1, max_length=40)
+    sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
+    face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
+
+
+class ConsumptionBatch(BaseModel):
+    """Services rendered to many cards at once — a class, a lesson — recorded all together or not at all."""
+
+    services: list[ServiceRendered] = Field(min_length=1, max_length=MAX_BATCH)
+    note: str | None = Field(default=None, max_length=500, examples=["Yoga class, Tuesday 19:00"])
+
+
 class Dispute(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
@@ -53,3 +69,7 @@ class ConsumptionOut(BaseModel):
             resolved_by=c.resolved_by,
             dispute_reason=c.dispute_reason,
         )
+
+
+class ConsumptionBatchOut(BaseModel):
+    consumptions: list[ConsumptionOut] = Field(description="One per service, in the order given.")

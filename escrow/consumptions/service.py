@@ -6,13 +6,15 @@ Locks are always taken card first, then consumption, so concurrent confirmations
 background jobs never wait on each other in a cycle.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import ledger
+from escrow import db, ledger
 from escrow.auth.tokens import Principal
 from escrow.cards import service as cards
 from escrow.cards.pricing import day_value, unit_value
@@ -60,66 +62,158 @@ async def _lock(session: AsyncSession, principal: Principal, consumption_id: str
     return card, consumption
 
 
-def mark_exhausted(card: Card) -> None:
+def mark_exhausted(card: Card | db.Row) -> bool:
+    """Close a card whose whole price was delivered and released; whether it did now."""
     if card.consumed + card.refunded == card.price and card.released == card.consumed and card.status == "active":
         card.status = "exhausted"
         card.closed_at = utcnow()
+        return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One service to record: on a sessions card, the sessions used; on a stored-value card, the face value."""
+
+    card_id: str
+    sessions: int | None = None
+    face_value: int | None = None  # fen
+
+
+_LOCK_CARDS = "SELECT * FROM cards WHERE id = ANY($1::text[]) AND merchant_id = $2 ORDER BY id FOR NO KEY UPDATE"
+# Read after the cards are locked (so refund requests and freezes committed meanwhile are seen).
+_MOVEMENT_STATES = (
+    "SELECT k.id, a.status AS account_status,"
+    " EXISTS (SELECT 1 FROM refunds r WHERE r.card_id = k.id AND r.status = 'requested') AS refund_requested"
+    " FROM cards k JOIN escrow_accounts a ON a.id = k.escrow_account_id WHERE k.id = ANY($1::text[])"
+)
+# The cards' new counters and the held services, set-based, in one round trip.
+_RECORD = (
+    "WITH counters AS (UPDATE cards SET units_used = u.units_used, consumed = u.consumed,"
+    "   protected_out = u.protected_out"
+    "   FROM unnest($10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) AS u(id, units_used, consumed,"
+    "     protected_out)"
+    "   WHERE cards.id = u.id)"
+    " INSERT INTO consumptions (id, card_id, escrow_account_id, units, amount, protected_amount, status,"
+    "   hold_entry_id, note, confirm_by)"
+    " SELECT u.id, u.card_id, u.book, u.units, u.amount, u.protected, 'pending_confirmation', u.hold, $8, $9"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])"
+    "   WITH ORDINALITY AS u(id, card_id, book, units, amount, protected, hold, n)"
+    " ORDER BY u.n RETURNING *"
+)
 
 
 async def record(
     session: AsyncSession, settings: Settings, principal: Principal, card_id: str, data: ConsumptionCreate
-) -> Consumption:
-    card = await cards.get(session, principal, card_id, for_update=True)
-    if card.status != "active":
-        raise cards.CardNotActive(f"card {card.id} is {card.status}")
-    if card.kind == "period":
-        raise InvalidState("period memberships release day by day on their own; nothing to record")
-    units = data.sessions if card.kind == "sessions" else (data.face_value.amount if data.face_value else None)
-    field = "sessions" if card.kind == "sessions" else "face_value"
-    if units is None:
-        raise FieldInvalid(field, f"a service on a {card.kind} card gives {field}")
-    if units < 1:
-        raise FieldInvalid(field, "must be at least 1")
+) -> db.Row:
+    service = Service(card_id, data.sessions, data.face_value.amount if data.face_value else None)
+    return (await record_many(session, settings, principal, [service], data.note, in_batch=False))[0]
+
+
+async def record_many(
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    services: Sequence[Service],
+    note: str | None,
+    *,
+    in_batch: bool = True,
+) -> list[db.Row]:
+    """Record services rendered (one, or a class's worth at once): each is held on its card; all or none.
+
+    Refusals name the item at fault (``services[i]…``) when ``in_batch``."""
+    locked = await db.fetch(session, _LOCK_CARDS, sorted({s.card_id for s in services}), principal.id)
+    by_id = {row["id"]: db.Row(row.items()) for row in locked}
+    states = {row["id"]: row for row in await db.fetch(session, _MOVEMENT_STATES, list(by_id))}
     now = utcnow()
-    if card.valid_until is not None and business_date(now, settings.business_timezone) > card.valid_until:
-        raise cards.CardNotActive(f"card {card.id} was valid until {card.valid_until}")
-    if await cards.has_refund_requested(session, card.id):
-        raise RefundInProgress(f"card {card.id} has a refund request open")
-    await cards.check_account_active(session, card)
-    if card.units_used + units > card.units_total:
-        raise ExceedsRemaining(
-            f"card {card.id} has {card.units_total - card.units_used} {field.replace('_', ' ')} left, not {units}",
-            errors=[{"field": field, "message": f"at most {card.units_total - card.units_used}"}],
-        )
-    amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
-    protected, unprotected = cards.take(card, amount)
-    card.units_used += units
-    card.consumed += amount
-    consumption = Consumption(
-        id=new_id("csm"),
-        card_id=card.id,
-        escrow_account_id=card.escrow_account_id,
-        units=units,
-        amount=amount,
-        protected_amount=protected,
-        status="pending_confirmation",
-        note=data.note,
-        confirm_by=now + timedelta(seconds=settings.confirmation_window_seconds),
+    today = business_date(now, settings.business_timezone)
+    rows: list[tuple[str, db.Row, int, int, int, int | None]] = []  # id, card, units, amount, protected, hold
+    entries: list[ledger.Entry] = []
+    for index, service in enumerate(services):
+        at = f"services[{index}]." if in_batch else ""
+        card = by_id.get(service.card_id)
+        if card is None:
+            raise NotFound(f"no card {service.card_id}", errors=_item(at, "card_id", f"no card {service.card_id}"))
+        units, field = _units(card, service, at)
+        _check(card, states[card.id], units, field, at, today)
+        amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
+        protected, unprotected = cards.take(card, amount)
+        card.units_used += units
+        card.consumed += amount
+        consumption_id = new_id("csm")
+        rows.append((consumption_id, card, units, amount, protected, None))
+        if amount:
+            entries.append(
+                ledger.Entry(
+                    card.escrow_account_id,
+                    "consumption",
+                    cards.release_legs(card, protected, unprotected),
+                    refs={"card_id": card.id, "consumption_id": consumption_id},
+                    principal=principal.id,
+                )
+            )
+    holds = iter(await ledger.post_many(session, entries, pending=True))
+    rows = [(c, card, u, a, p, next(holds) if a else None) for c, card, u, a, p, _ in rows]
+    changed = list(by_id.values())
+    recorded = await db.fetch(
+        session,
+        _RECORD,
+        [r[0] for r in rows],
+        [r[1].id for r in rows],
+        [r[1].escrow_account_id for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+        [r[5] for r in rows],
+        note,
+        now + timedelta(seconds=settings.confirmation_window_seconds),
+        [c.id for c in changed],
+        [c.units_used for c in changed],
+        [c.consumed for c in changed],
+        [c.protected_out for c in changed],
     )
-    if amount:
-        consumption.hold_entry_id = await ledger.hold(
-            session,
-            ledger.Entry(
-                card.escrow_account_id,
-                "consumption",
-                cards.release_legs(card, protected, unprotected),
-                refs={"card_id": card.id, "consumption_id": consumption.id},
-                principal=principal.id,
-            ),
+    return [db.Row(row.items()) for row in recorded]
+
+
+def _item(at: str, field: str, message: str) -> list[dict[str, str]] | None:
+    """The ``errors`` of a refusal about one item of a batch (None outside a batch: the detail says it all)."""
+    return [{"field": f"{at}{field}", "message": message}] if at else None
+
+
+def _units(card: db.Row, service: Service, at: str) -> tuple[int, str]:
+    """What a service takes from its locked card: sessions or face value (the card's own state checked first)."""
+    if card.status != "active":
+        raise cards.CardNotActive(f"card {card.id} is {card.status}", errors=_item(at, "card_id", card.status))
+    if card.kind == "period":
+        raise InvalidState(
+            "period memberships release day by day on their own; nothing to record",
+            errors=_item(at, "card_id", "a period membership"),
         )
-    session.add(consumption)
-    await session.flush()
-    return consumption
+    units, field = (service.sessions, "sessions") if card.kind == "sessions" else (service.face_value, "face_value")
+    if units is None:
+        raise FieldInvalid(f"{at}{field}", f"a service on a {card.kind} card gives {field}")
+    if units < 1:
+        raise FieldInvalid(f"{at}{field}", "must be at least 1")
+    return units, field
+
+
+def _check(card: db.Row, state: Any, units: int, field: str, at: str, today: date) -> None:
+    """May ``units`` more be taken from this locked card now?"""
+    if card.valid_until is not None and today > card.valid_until:
+        raise cards.CardNotActive(
+            f"card {card.id} was valid until {card.valid_until}", errors=_item(at, "card_id", "expired")
+        )
+    if state["refund_requested"]:
+        raise RefundInProgress(
+            f"card {card.id} has a refund request open", errors=_item(at, "card_id", "refund requested")
+        )
+    cards.check_account_status(card.id, state["account_status"], _item(at, "card_id", "escrow account not active"))
+    if card.units_used + units > card.units_total:
+        left = card.units_total - card.units_used
+        raise ExceedsRemaining(
+            f"card {card.id} has {left} {field.replace('_', ' ')} left, not {units}",
+            errors=[{"field": f"{at}{field}", "message": f"at most {left}"}],
+        )
 
 
 async def _release(session: AsyncSession, card: Card, consumption: Consumption, by: str) -> None:
@@ -134,14 +228,40 @@ async def _release(session: AsyncSession, card: Card, consumption: Consumption, 
     mark_exhausted(card)
 
 
-async def confirm(session: AsyncSession, principal: Principal, consumption_id: str) -> Consumption:
-    card, consumption = await _lock(session, principal, consumption_id)
-    if consumption.status == "confirmed":
-        return consumption
-    if consumption.status != "pending_confirmation":
+_CARD_OF = (
+    "SELECT * FROM cards WHERE id = (SELECT card_id FROM consumptions WHERE id = $1) AND {visible} FOR NO KEY UPDATE"
+)
+# Under the card's lock: the service record moves from pending to confirmed only if it still is pending (an UPDATE
+# sees the latest committed state), and the card counts the release.
+_CONFIRM = (
+    "WITH confirmed AS (UPDATE consumptions SET status = 'confirmed', resolved_at = $2, resolved_by = $3"
+    "   WHERE id = $1 AND status = 'pending_confirmation' RETURNING *)"
+    " UPDATE cards SET released = cards.released + confirmed.amount FROM confirmed WHERE cards.id = confirmed.card_id"
+    " RETURNING confirmed.*, cards.released AS card_released"
+)
+
+
+async def confirm(session: AsyncSession, principal: Principal, consumption_id: str) -> db.Row:
+    # The card's lock first (the fixed order), then the service record as it is now.
+    card = await db.one(
+        session, _CARD_OF.format(visible=cards.visible_sql(principal, "$2")), consumption_id, principal.id
+    )
+    if card is None:
+        raise NotFound(f"no service record {consumption_id}")
+    consumption = await db.one(session, _CONFIRM, consumption_id, utcnow(), "consumer")
+    if consumption is None:  # not pending (any more)
+        consumption = await db.one(session, "SELECT * FROM consumptions WHERE id = $1", consumption_id)
+        assert consumption is not None
+        if consumption.status == "confirmed":
+            return consumption
         raise InvalidState(f"service record {consumption.id} is {consumption.status}")
-    await _release(session, card, consumption, "consumer")
-    await session.flush()
+    if consumption.hold_entry_id is not None:
+        await ledger.post_pending(
+            session, consumption.hold_entry_id, principal="consumer", refs={"consumption_id": consumption.id}
+        )
+    card.released = consumption.pop("card_released")
+    if mark_exhausted(card):
+        await cards.save_row(session, card, "status", "closed_at")
     return consumption
 
 

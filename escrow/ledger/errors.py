@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 from escrow.errors import EscrowError
@@ -109,10 +110,14 @@ _BY_SQLSTATE: dict[str, type[LedgerError]] = {
 _RESOLVED = {"post_pending": AlreadyPosted, "void_pending": AlreadyVoided, "expire_pending": AlreadyExpired}
 
 
-def _details(exc: DBAPIError) -> tuple[str | None, str, str | None, dict[str, Any]]:
-    cause = exc.orig.__cause__ if exc.orig is not None else None
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
-    message = getattr(cause, "message", None) or str(exc.orig)
+def _details(exc: DBAPIError | asyncpg.PostgresError) -> tuple[str | None, str, str | None, dict[str, Any]]:
+    if isinstance(exc, asyncpg.PostgresError):  # raised by a statement sent to the driver directly
+        cause: Any = exc
+        sqlstate = exc.sqlstate
+    else:  # wrapped by SQLAlchemy
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+    message = getattr(cause, "message", None) or str(getattr(exc, "orig", exc))
     constraint = getattr(cause, "constraint_name", None)
     try:
         detail = json.loads(getattr(cause, "detail", None) or "{}")
@@ -121,7 +126,7 @@ def _details(exc: DBAPIError) -> tuple[str | None, str, str | None, dict[str, An
     return sqlstate, message, constraint, detail if isinstance(detail, dict) else {}
 
 
-def translate(exc: DBAPIError) -> Exception:
+def translate(exc: DBAPIError | asyncpg.PostgresError) -> Exception:
     """The ledger error a database error stands for, or the original error when it is not the ledger's."""
     sqlstate, message, constraint, detail = _details(exc)
     if sqlstate == "23514" and constraint == "ledger_non_negative":

@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from escrow import db
 from escrow.config import get_settings
 from escrow.ledger import errors
 
@@ -185,13 +187,11 @@ def _post_entries_params(entries: Sequence[Entry], pending: bool) -> tuple[Any, 
 
 
 async def _call(session: AsyncSession, sql: str, params: Sequence[Any]) -> Any:
-    """One statement through the session's connection (so it joins the request's transaction)."""
-    connection = await session.connection()
+    """One statement in the session's transaction, straight to the driver (see ``escrow.db.fetch``)."""
     try:
-        result = await connection.exec_driver_sql(sql, tuple(params))
-    except DBAPIError as exc:
+        return await db.fetchval(session, sql, *params)
+    except (DBAPIError, asyncpg.PostgresError) as exc:
         raise errors.translate(exc) from exc
-    return result.scalar()
 
 
 async def post_many(session: AsyncSession, entries: Iterable[Entry], *, pending: bool = False) -> list[int]:
@@ -322,6 +322,26 @@ async def open_account(
     if account_id is None:
         account_id = await _account_id(session, book, code)
     return account_id
+
+
+async def open_accounts(session: AsyncSession, book: str, codes: Sequence[str]) -> None:
+    """Create ledger accounts of known kinds (``card:<id>``, …) in one round trip (idempotent)."""
+    kinds = [ACCOUNT_KINDS.get(code.split(":", 1)[0]) for code in codes]
+    if None in kinds:
+        raise errors.InvalidMovement(f"accounts {list(codes)!r} include one of no known kind")
+    try:
+        await db.fetch(
+            session,
+            "INSERT INTO ledger_accounts (escrow_account_id, code, normal_side, non_negative)"
+            " SELECT $1, u.code, u.side, u.nn FROM unnest($2::text[], $3::text[], $4::bool[]) AS u(code, side, nn)"
+            " ON CONFLICT (escrow_account_id, code) DO NOTHING",
+            book,
+            list(codes),
+            [kind[0] for kind in kinds],  # type: ignore[index]
+            [kind[1] for kind in kinds],  # type: ignore[index]
+        )
+    except (DBAPIError, asyncpg.PostgresError) as exc:
+        raise errors.InvalidMovement(f"cannot open ledger accounts {list(codes)!r} of {book}: {exc}") from exc
 
 
 async def _account_id(session: AsyncSession, book: str, code: str) -> int:
