@@ -48,6 +48,11 @@ class StepResult:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by process group, during this step
+
+    def cpu_ms_per_request(self, group: str) -> float | None:
+        seconds = self.cpu_seconds.get(group)
+        return 1000 * seconds / self.requests if seconds is not None and self.requests else None
 
     @property
     def succeeded(self) -> int:
@@ -213,12 +218,19 @@ async def _each(items: Iterable[T], concurrency: int, do: Callable[[T], Awaitabl
 
 
 async def _phase(
-    name: str, items: Iterable[T], concurrency: int, do: Callable[[StepResult, T], Awaitable[R | None]]
+    name: str,
+    items: Iterable[T],
+    concurrency: int,
+    do: Callable[[StepResult, T], Awaitable[R | None]],
+    probe: Callable[[], dict[str, float]],
 ) -> tuple[StepResult, list[R]]:
     step = StepResult(name)
+    before = probe()
     started = time.perf_counter()
     results = await _each(items, concurrency, lambda item: do(step, item))
     step.seconds = time.perf_counter() - started
+    after = probe()
+    step.cpu_seconds = {group: after[group] - before[group] for group in after if group in before}
     return step, results
 
 
@@ -326,16 +338,19 @@ async def run(
             card, consumption_id = consumption
             await api.measured(step, f"/v1/consumptions/{consumption_id}/confirm", token=card.consumer.token)
 
-        before = cpu_seconds(server_pid, database)
-        sales, sold = await _phase("sale", people, concurrency, sell)
-        deposits, paid = await _phase("deposit", sold, concurrency, deposit)
+        def probe() -> dict[str, float]:
+            return cpu_seconds(server_pid, database)
+
+        before = probe()
+        sales, sold = await _phase("sale", people, concurrency, sell, probe)
+        deposits, paid = await _phase("deposit", sold, concurrency, deposit, probe)
         # Round by round over all cards, so concurrent requests touch different cards, as different gyms' desks do;
         # with classes, each merchant's cards attend in classes of ``class_size``.
         rounds = [batch for _ in range(sessions) for batch in classes(paid, class_size)]
-        consumptions, recorded = await _phase("consumption", rounds, concurrency, consume)
+        consumptions, recorded = await _phase("consumption", rounds, concurrency, consume, probe)
         services = [service for batch in recorded for service in batch]
-        confirmations, _ = await _phase("confirmation", services, concurrency, confirm)
-        after = cpu_seconds(server_pid, database)
+        confirmations, _ = await _phase("confirmation", services, concurrency, confirm, probe)
+        after = probe()
 
     used = {group: after[group] - before[group] for group in after if group in before}
     if used:  # the machine's total, less what is accounted for above
@@ -345,12 +360,25 @@ async def run(
 
 
 def table(result: FlowResult) -> str:
-    lines = ["| step | requests | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
+    """Requests/s and latency per step, and when the server is ours the CPU each request cost it and PostgreSQL."""
+    with_cpu = all(step.cpu_ms_per_request("server") is not None for step in result.steps)
+    header = "| step | requests | req/s | p50 ms | p99 ms | errors |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if with_cpu:
+        header += " server CPU ms/req | PostgreSQL CPU ms/req |"
+        rule += "---:|---:|"
+    lines = [header, rule]
     for step in result.steps:
-        lines.append(
+        line = (
             f"| {step.step} | {step.requests} | {step.rate:,.0f} | {step.percentile(50):.1f} |"
             f" {step.percentile(99):.1f} | {step.errors} |"
         )
+        if with_cpu:
+            line += "".join(
+                f" {value:.2f} |" if (value := step.cpu_ms_per_request(group)) is not None else " — |"
+                for group in ("server", "PostgreSQL")
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 

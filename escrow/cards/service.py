@@ -167,22 +167,25 @@ def check_account_status(card_id: str, status: str | None, errors: list[dict[str
         )
 
 
-# What a sale checks, read in one round trip once the merchant is locked ($1 merchant, $2 plan, $3 consumer,
-# $4 escrow account or NULL, $5 whether the consumer's prepaid total at this merchant counts (gyms)): the plan,
-# whether the merchant registered the consumer, the escrow account named (or the merchant's only active one,
-# ``candidates`` telling how many there are) with its bank, and the consumer's paid, unused value here.
+# The merchant, share-locked — concurrent sales go ahead together, while a closure or a suspension (which update
+# the row) and a sale can't cross — and what the sale checks, in one round trip ($1 merchant, $2 plan,
+# $3 consumer, $4 escrow account or NULL): the plan, whether the merchant registered the consumer, the escrow
+# account named (or the merchant's only active one, ``candidates`` telling how many there are) with its bank,
+# and the consumer's paid, unused value at this merchant.
 _SALE_CONTEXT = (
-    "SELECT p.id AS plan_id, p.name AS plan_name, p.kind, p.price, p.units, p.validity_days, p.terms, p.active,"
-    "  EXISTS (SELECT 1 FROM consumer_links WHERE consumer_id = $3 AND merchant_id = $1) AS registered,"
+    "SELECT m.*, p.id AS plan_id, p.name AS plan_name, p.kind, p.price, p.units, p.validity_days, p.terms,"
+    "  p.active AS plan_active,"
+    "  EXISTS (SELECT 1 FROM consumer_links WHERE consumer_id = $3 AND merchant_id = m.id) AS registered,"
     "  a.id AS account_id, a.status AS account_status, a.bank_account_masked, a.candidates, b.name AS bank_name,"
     # unpaid sales hold no money and may be abandoned: only paid, active cards count
-    "  CASE WHEN $5 THEN (SELECT coalesce(sum(price - consumed - refunded), 0)::bigint FROM cards"
-    "    WHERE merchant_id = $1 AND consumer_id = $3 AND status = 'active') END AS prepaid"
-    " FROM (SELECT 1) one"
-    " LEFT JOIN plans p ON p.id = $2 AND p.merchant_id = $1"
+    "  (SELECT coalesce(sum(price - consumed - refunded), 0)::bigint FROM cards"
+    "    WHERE merchant_id = m.id AND consumer_id = $3 AND status = 'active') AS prepaid"
+    " FROM merchants m"
+    " LEFT JOIN plans p ON p.id = $2 AND p.merchant_id = m.id"
     " LEFT JOIN LATERAL (SELECT *, count(*) OVER () AS candidates FROM escrow_accounts"
-    "   WHERE merchant_id = $1 AND (id = $4 OR ($4::text IS NULL AND status = 'active')) LIMIT 1) a ON true"
+    "   WHERE merchant_id = m.id AND (id = $4 OR ($4::text IS NULL AND status = 'active')) LIMIT 1) a ON true"
     " LEFT JOIN banks b ON b.id = a.bank_id"
+    " WHERE m.id = $1 FOR SHARE OF m"
 )
 _NEW_CARD = (
     "INSERT INTO cards (id, merchant_id, escrow_account_id, plan_id, consumer_id, kind, status, price, units_total,"
@@ -200,43 +203,32 @@ class Sale:
 
 
 async def sell(session: AsyncSession, settings: Settings, principal: Principal, data: CardSale) -> Sale:
-    # The merchant row is share-locked: concurrent sales go ahead together, while a closure or a suspension
-    # (which update the row) and a sale can't cross.
-    merchant = await db.one(session, "SELECT * FROM merchants WHERE id = $1 FOR SHARE", principal.id)
-    if merchant is None:
+    sale = await db.one(session, _SALE_CONTEXT, principal.id, data.plan_id, data.consumer_id, data.escrow_account_id)
+    if sale is None:
         raise NotFound(f"no merchant {principal.id}")
+    merchant = sale  # the merchant's own columns, with the sale's context beside them
     if merchant.status != "active":  # before anything else: a closing merchant's accounts are frozen too
         raise SalesStopped(f"merchant {merchant.id} is {merchant.status}: no sales")
-    context = await db.one(
-        session,
-        _SALE_CONTEXT,
-        merchant.id,
-        data.plan_id,
-        data.consumer_id,
-        data.escrow_account_id,
-        merchant.category == "gym",
-    )
-    assert context is not None
-    if context.plan_id is None:
+    if sale.plan_id is None:
         raise FieldInvalid("plan_id", f"no plan {data.plan_id} of this merchant")
-    if not context.active:
+    if not sale.plan_active:
         raise FieldInvalid("plan_id", "the plan is retired")
-    if not context.registered:
+    if not sale.registered:
         raise FieldInvalid("consumer_id", "register the consumer (POST /v1/consumers) before selling to them")
-    if data.escrow_account_id is not None and context.account_id is None:
+    if data.escrow_account_id is not None and sale.account_id is None:
         raise FieldInvalid("escrow_account_id", f"no escrow account {data.escrow_account_id} of this merchant")
-    if data.escrow_account_id is None and context.candidates != 1:
+    if data.escrow_account_id is None and sale.candidates != 1:
         raise FieldInvalid("escrow_account_id", "required: the merchant has no active escrow account or more than one")
-    if context.account_status != "active":
-        raise SalesStopped(f"escrow account {context.account_id} is {context.account_status}: no sales")
+    if sale.account_status != "active":
+        raise SalesStopped(f"escrow account {sale.account_id} is {sale.account_status}: no sales")
     plan = db.Row(
-        id=context.plan_id, name=context.plan_name, kind=context.kind, price=context.price, units=context.units,
-        validity_days=context.validity_days, terms=context.terms,
+        id=sale.plan_id, name=sale.plan_name, kind=sale.kind, price=sale.price, units=sale.units,
+        validity_days=sale.validity_days, terms=sale.terms,
     )  # fmt: skip
     rules.check(settings, merchant.category, plan)
-    if context.prepaid is not None and context.prepaid + plan.price > settings.fitness_consumer_max_total:
+    if merchant.category == "gym" and sale.prepaid + plan.price > settings.fitness_consumer_max_total:
         raise rules.PlanRuleBroken(
-            f"this consumer would hold {rules.yuan(context.prepaid + plan.price)} of prepaid value at this gym; "
+            f"this consumer would hold {rules.yuan(sale.prepaid + plan.price)} of prepaid value at this gym; "
             f"the limit is {rules.yuan(settings.fitness_consumer_max_total)} (fitness_consumer_max_total)",
             errors=[
                 {
@@ -252,7 +244,7 @@ async def sell(session: AsyncSession, settings: Settings, principal: Principal, 
         _NEW_CARD,
         new_id("card"),
         merchant.id,
-        context.account_id,
+        sale.account_id,
         plan.id,
         data.consumer_id,
         plan.kind,
@@ -263,22 +255,24 @@ async def sell(session: AsyncSession, settings: Settings, principal: Principal, 
         f"PE{secrets.randbelow(10**18):018d}",
     )
     assert card is not None
-    return Sale(card, context.bank_name, context.bank_account_masked or "")
+    return Sale(card, sale.bank_name, sale.bank_account_masked or "")
 
 
-# Before the card: an earlier refusal of this bank transaction ($1 bank, $2 bank transaction id), and a card it
-# already paid (one bank transaction pays one card, never two).
-_DEPOSIT_HISTORY = (
-    "SELECT (SELECT detail FROM unapplied_deposits WHERE bank_id = $1 AND bank_transaction_id = $2) AS refused,"
-    " (SELECT reason FROM unapplied_deposits WHERE bank_id = $1 AND bank_transaction_id = $2) AS refused_reason,"
+# The card a payment reference names, locked, with what else the deposit depends on ($1 reference, $2 bank,
+# $3 bank transaction id): an earlier refusal of this bank transaction, and a card it already paid (one bank
+# transaction pays one card, never two). For an unknown reference, the same without the card.
+_HISTORY = (
+    "(SELECT detail FROM unapplied_deposits WHERE bank_id = $2 AND bank_transaction_id = $3) AS refused,"
+    " (SELECT reason FROM unapplied_deposits WHERE bank_id = $2 AND bank_transaction_id = $3) AS refused_reason,"
     " (SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
-    "   WHERE c.deposit_transaction_id = $2 AND a.bank_id = $1 LIMIT 1) AS paid_card"
+    "   WHERE c.deposit_transaction_id = $3 AND a.bank_id = $2 LIMIT 1) AS paid_card"
 )
-_CARD_BY_REFERENCE = (
-    "SELECT c.*, a.bank_id AS account_bank_id, a.status AS account_status, p.validity_days"
+_DEPOSIT = (
+    f"SELECT c.*, a.bank_id AS account_bank_id, a.status AS account_status, p.validity_days, {_HISTORY}"
     " FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id JOIN plans p ON p.id = c.plan_id"
     " WHERE c.payment_reference = $1 FOR NO KEY UPDATE OF c"
 )
+_NO_CARD = f"SELECT {_HISTORY} FROM (SELECT $1::text) AS reference"
 
 
 async def confirm_deposit(
@@ -289,7 +283,8 @@ async def confirm_deposit(
     A deposit that can't be applied — unknown reference, wrong amount, a card already paid, an account that
     can't take money — is refused and kept as unapplied for reconciliation; its money is never put on a card.
     """
-    history = await db.one(session, _DEPOSIT_HISTORY, principal.id, data.bank_transaction_id)
+    card = await db.one(session, _DEPOSIT, data.payment_reference, principal.id, data.bank_transaction_id)
+    history = card or await db.one(session, _NO_CARD, data.payment_reference, principal.id, data.bank_transaction_id)
     assert history is not None
     if history.refused is not None:
         raise DepositRefused(history.refused, reason=history.refused_reason)
@@ -311,17 +306,16 @@ async def confirm_deposit(
             ],
         )
 
-    card = await db.one(session, _CARD_BY_REFERENCE, data.payment_reference)
     if card is None or card.account_bank_id != principal.id:
         raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
     if card.deposit_transaction_id == data.bank_transaction_id:
         return card  # the same deposit reported again
     if card.predecessor_card_id is not None:  # paid by the transfer from the closing merchant, never by a deposit
         raise refuse("unknown_reference", f"no card awaits payment reference {data.payment_reference} at this bank")
-    if history.paid_card is not None:
+    if card.paid_card is not None:
         raise refuse(
             "transaction_already_applied",
-            f"bank transaction {data.bank_transaction_id} already paid card {history.paid_card}",
+            f"bank transaction {data.bank_transaction_id} already paid card {card.paid_card}",
             409,
         )
     if card.status == "cancelled":
