@@ -397,9 +397,17 @@ class CardLives:
         body: dict[str, Any] = (
             {"sessions": units} if card.kind != "stored_value" else {"face_value": {"amount": units, "currency": "CNY"}}
         )
-        response = await self.client.post(
-            f"/v1/cards/{card.id}/consumptions", json=body, headers={**bearer(self.merchant.token), **key()}
-        )
+        in_roll = self.draw(st.booleans(), label="in a class roll")  # the same checks either way
+        if in_roll:
+            response = await self.client.post(
+                "/v1/consumptions",
+                json={"services": [{"card_id": card.id, **body}]},
+                headers={**bearer(self.merchant.token), **key()},
+            )
+        else:
+            response = await self.client.post(
+                f"/v1/cards/{card.id}/consumptions", json=body, headers={**bearer(self.merchant.token), **key()}
+            )
         if card.status != "active":
             assert response.status_code == 409 and response.json()["code"] == "card_not_active", response.text
             return
@@ -410,7 +418,7 @@ class CardLives:
             assert response.status_code == 409 and response.json()["code"] == "exceeds_remaining", response.text
             return
         assert response.status_code == 201, response.text
-        got = response.json()
+        got = response.json()["consumptions"][0] if in_roll else response.json()
         # units k+1 … k+u are worth ⌊P·(k+u)/N⌋ less what was already taken, within what is left (pricing.py)
         expected = max(0, min(card.price * (card.units_used + units) // card.units_total, card.price) - card.consumed)
         assert got["value"]["amount"] == expected, (got, card)

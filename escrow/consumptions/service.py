@@ -228,41 +228,48 @@ async def _release(session: AsyncSession, card: Card, consumption: Consumption, 
     mark_exhausted(card)
 
 
-_CARD_OF = (
-    "SELECT * FROM cards WHERE id = (SELECT card_id FROM consumptions WHERE id = $1) AND {visible} FOR NO KEY UPDATE"
-)
-# Under the card's lock: the service record moves from pending to confirmed only if it still is pending (an UPDATE
-# sees the latest committed state), and the card counts the release.
+# In one statement: the card's lock first (the fixed order; others' cards are never locked), then — only if
+# the service record is still pending, which an UPDATE sees as last committed — the record confirmed and the
+# release counted on the card. No row: not the caller's; NULL ``id``: not pending.
 _CONFIRM = (
-    "WITH confirmed AS (UPDATE consumptions SET status = 'confirmed', resolved_at = $2, resolved_by = $3"
-    "   WHERE id = $1 AND status = 'pending_confirmation' RETURNING *)"
-    " UPDATE cards SET released = cards.released + confirmed.amount FROM confirmed WHERE cards.id = confirmed.card_id"
-    " RETURNING confirmed.*, cards.released AS card_released"
+    "WITH card AS (SELECT * FROM cards"
+    "   WHERE id = (SELECT card_id FROM consumptions WHERE id = $1) AND {visible} FOR NO KEY UPDATE),"
+    " confirmed AS (UPDATE consumptions SET status = 'confirmed', resolved_at = $3, resolved_by = $4"
+    "   WHERE id = $1 AND status = 'pending_confirmation' AND card_id = (SELECT id FROM card) RETURNING *),"
+    " counted AS (UPDATE cards SET released = cards.released + confirmed.amount FROM confirmed"
+    "   WHERE cards.id = confirmed.card_id RETURNING cards.released)"
+    " SELECT confirmed.*, card.id AS card_id_locked, card.status AS card_status, card.price AS card_price,"
+    "   card.consumed AS card_consumed, card.refunded AS card_refunded, counted.released AS card_released"
+    " FROM card LEFT JOIN confirmed ON true LEFT JOIN counted ON true"
 )
 
 
 async def confirm(session: AsyncSession, principal: Principal, consumption_id: str) -> db.Row:
-    # The card's lock first (the fixed order), then the service record as it is now.
-    card = await db.one(
-        session, _CARD_OF.format(visible=cards.visible_sql(principal, "$2")), consumption_id, principal.id
+    found = await db.one(
+        session,
+        _CONFIRM.format(visible=cards.visible_sql(principal, "$2")),
+        consumption_id,
+        principal.id,
+        utcnow(),
+        "consumer",
     )
-    if card is None:
+    if found is None:
         raise NotFound(f"no service record {consumption_id}")
-    consumption = await db.one(session, _CONFIRM, consumption_id, utcnow(), "consumer")
-    if consumption is None:  # not pending (any more)
+    if found.id is None:  # not pending (any more)
         consumption = await db.one(session, "SELECT * FROM consumptions WHERE id = $1", consumption_id)
         assert consumption is not None
         if consumption.status == "confirmed":
             return consumption
         raise InvalidState(f"service record {consumption.id} is {consumption.status}")
-    if consumption.hold_entry_id is not None:
-        await ledger.post_pending(
-            session, consumption.hold_entry_id, principal="consumer", refs={"consumption_id": consumption.id}
-        )
-    card.released = consumption.pop("card_released")
+    card = db.Row(
+        id=found.pop("card_id_locked"), status=found.pop("card_status"), price=found.pop("card_price"),
+        consumed=found.pop("card_consumed"), refunded=found.pop("card_refunded"), released=found.pop("card_released"),
+    )  # fmt: skip
+    if found.hold_entry_id is not None:
+        await ledger.post_pending(session, found.hold_entry_id, principal="consumer", refs={"consumption_id": found.id})
     if mark_exhausted(card):
         await cards.save_row(session, card, "status", "closed_at")
-    return consumption
+    return found
 
 
 async def dispute(session: AsyncSession, principal: Principal, consumption_id: str, reason: str) -> Consumption:
