@@ -80,6 +80,18 @@ class Service:
     face_value: int | None = None  # fen
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A service about to be recorded: its id, its card (counters already advanced), what it takes."""
+
+    id: str
+    card: db.Row
+    units: int
+    amount: int
+    protected: int
+    legs: list[ledger.Leg]
+
+
 _LOCK_CARDS = "SELECT * FROM cards WHERE id = ANY($1::text[]) AND merchant_id = $2 ORDER BY id FOR NO KEY UPDATE"
 # Read after the cards are locked (so refund requests and freezes committed meanwhile are seen).
 _MOVEMENT_STATES = (
@@ -127,8 +139,7 @@ async def record_many(
     states = {row["id"]: row for row in await db.fetch(session, _MOVEMENT_STATES, list(by_id))}
     now = utcnow()
     today = business_date(now, settings.business_timezone)
-    rows: list[tuple[str, db.Row, int, int, int, int | None]] = []  # id, card, units, amount, protected, hold
-    entries: list[ledger.Entry] = []
+    held: list[_Held] = []
     for index, service in enumerate(services):
         at = f"services[{index}]." if in_batch else ""
         card = by_id.get(service.card_id)
@@ -140,31 +151,32 @@ async def record_many(
         protected, unprotected = cards.take(card, amount)
         card.units_used += units
         card.consumed += amount
-        consumption_id = new_id("csm")
-        rows.append((consumption_id, card, units, amount, protected, None))
-        if amount:
-            entries.append(
-                ledger.Entry(
-                    card.escrow_account_id,
-                    "consumption",
-                    cards.release_legs(card, protected, unprotected),
-                    refs={"card_id": card.id, "consumption_id": consumption_id},
-                    principal=principal.id,
-                )
-            )
+        held.append(
+            _Held(new_id("csm"), card, units, amount, protected, cards.release_legs(card, protected, unprotected))
+        )
+    entries = [
+        ledger.Entry(
+            h.card.escrow_account_id,
+            "consumption",
+            h.legs,
+            refs={"card_id": h.card.id, "consumption_id": h.id},
+            principal=principal.id,
+        )
+        for h in held
+        if h.amount
+    ]
     holds = iter(await ledger.post_many(session, entries, pending=True))
-    rows = [(c, card, u, a, p, next(holds) if a else None) for c, card, u, a, p, _ in rows]
     changed = list(by_id.values())
     recorded = await db.fetch(
         session,
         _RECORD,
-        [r[0] for r in rows],
-        [r[1].id for r in rows],
-        [r[1].escrow_account_id for r in rows],
-        [r[2] for r in rows],
-        [r[3] for r in rows],
-        [r[4] for r in rows],
-        [r[5] for r in rows],
+        [h.id for h in held],
+        [h.card.id for h in held],
+        [h.card.escrow_account_id for h in held],
+        [h.units for h in held],
+        [h.amount for h in held],
+        [h.protected for h in held],
+        [next(holds) if h.amount else None for h in held],  # in order: a service worth nothing holds nothing
         note,
         now + timedelta(seconds=settings.confirmation_window_seconds),
         [c.id for c in changed],
