@@ -295,10 +295,18 @@ async def confirm_deposit(session: AsyncSession, settings: Settings, principal: 
         )
     if account.status != "active":
         raise refuse("account_not_active", f"escrow account {account.id} is {account.status}", 409)
-    await _post_paid(session, card, principal.id, data.bank_transaction_id, "deposit")
+    return await activate_paid(session, settings, card, principal.id, data.bank_transaction_id, "deposit")
+
+
+async def activate_paid(
+    session: AsyncSession, settings: Settings, card: Card, principal: str, bank_transaction_id: str, how: str
+) -> Card:
+    """A card awaiting payment is paid by a bank transaction (``how``: a ``deposit`` the bank reported, or a
+    ``statement`` line reconciliation attached to it): the money goes into custody, the card's validity starts."""
+    await _post_paid(session, card, principal, bank_transaction_id, how)
     now = utcnow()
     card.status = "active"
-    card.deposit_transaction_id = data.bank_transaction_id
+    card.deposit_transaction_id = bank_transaction_id
     card.paid_at = now
     card.starts_on = business_date(now, settings.business_timezone)
     plan = await session.get(Plan, card.plan_id)
