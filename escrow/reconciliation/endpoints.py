@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
 from litestar.exceptions import HTTPException
-from litestar.params import Body, FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -169,6 +169,8 @@ async def _intake(
     ]
     for account_id in sorted({t.statement.escrow_account_id for t in taken if t.outcome != "unchanged"}):
         await service.run_matching(session, settings, account_id)
+    for t in taken:
+        await session.refresh(t.statement)  # the run rewrote its balance check
     return StatementsOut(statements=[await statement_out(session, t.statement, t.outcome) for t in taken])
 
 
@@ -326,7 +328,7 @@ def _break_after(cursor: str | None) -> str | None:
 async def list_breaks(
     db_session: DbSession,
     principal: PrincipalDep,
-    break_state: Annotated[BreakState | None, Parameter(query="state")] = None,
+    break_state: Annotated[BreakState | None, QueryParameter(name="state")] = None,
     kind: FromQuery[BreakKind | None] = None,
     escrow_account_id: FromQuery[str | None] = None,
     cursor: FromQuery[str | None] = None,
@@ -378,7 +380,7 @@ BREAK_CSV_HEADER = (
 async def breaks_csv(
     principal: PrincipalDep,
     request: Request,
-    break_state: Annotated[BreakState | None, Parameter(query="state")] = None,
+    break_state: Annotated[BreakState | None, QueryParameter(name="state")] = None,
     kind: FromQuery[BreakKind | None] = None,
     escrow_account_id: FromQuery[str | None] = None,
 ) -> Stream:
@@ -485,7 +487,7 @@ async def account_reconciliation(
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
-    from_: Annotated[date | None, Parameter(query="from")] = None,
+    from_: Annotated[date | None, QueryParameter(name="from")] = None,
     to: FromQuery[date | None] = None,
 ) -> AccountDaysOut:
     return await _days(db_session, settings, principal, escrow_account_id, from_, to)
@@ -515,7 +517,7 @@ async def account_reconciliation_csv(
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
-    from_: Annotated[date | None, Parameter(query="from")] = None,
+    from_: Annotated[date | None, QueryParameter(name="from")] = None,
     to: FromQuery[date | None] = None,
 ) -> Stream:
     report = await _days(db_session, settings, principal, escrow_account_id, from_, to)

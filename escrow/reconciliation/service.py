@@ -311,7 +311,7 @@ SELECT p.id, e.id, e.escrow_account_id, CASE p.side WHEN 'D' THEN 'credit' ELSE 
   LEFT JOIN LATERAL (SELECT i.id FROM instructions i WHERE c.predecessor_card_id IS NOT NULL
                         AND i.target_card_id = c.id AND i.kind = 'transfer' AND i.status = 'executed' LIMIT 1) t
          ON true
- WHERE e.escrow_account_id = :account AND e.xid >= CAST(CAST(:horizon AS text) AS xid8)
+ WHERE e.escrow_account_id = :account AND e.xid >= CAST(:horizon AS xid8)
 ON CONFLICT (posting_id) DO NOTHING
 """
 )
@@ -329,14 +329,14 @@ WITH open_lines AS (
     SELECT m.posting_id, m.direction, m.amount, m.business_date, m.service_ref, m.bank_ref
       FROM custody_movements m
      WHERE m.escrow_account_id = :account AND m.entry_kind <> 'reconciliation_adjustment'
-       AND m.business_date >= CAST(:start AS date) - :tolerance
+       AND m.business_date >= CAST(:start AS date) - CAST(:tolerance AS int)
        AND NOT EXISTS (SELECT 1 FROM reconciliation_matches x WHERE x.posting_id = m.posting_id)
 )
 """.replace("{primary}", ", ".join(f"'{rule}'" for rule in PRIMARY_RULES))
 
 _INSERT_MATCH = (
     "INSERT INTO reconciliation_matches (posting_id, escrow_account_id, statement_id, line_no, rule)"
-    " SELECT posting_id, :account, statement_id, line_no, :rule FROM "
+    " SELECT posting_id, CAST(:account AS text), statement_id, line_no, CAST(:rule AS text) FROM "
 )
 
 # Rules 1 and 2: candidates by reference; where several compete, the one with the same amount and the nearest
@@ -373,7 +373,7 @@ _AMOUNT_DATE = text(
                                            ORDER BY m.business_date, m.posting_id) AS k
               FROM open_movements m WHERE {movements}) m
         ON m.direction = l.direction AND m.amount = l.amount AND m.k = l.k
-     WHERE abs(l.value_date - m.business_date) <= :tolerance
+     WHERE abs(l.value_date - m.business_date) <= CAST(:tolerance AS int)
 ) paired"""
 )
 _AMOUNT_DATE_UNQUOTED = text(
@@ -389,7 +389,7 @@ _AMOUNT_DATE_QUOTED = text(
 _RELINK_ADJUSTMENTS = text(
     """
 INSERT INTO reconciliation_matches (posting_id, escrow_account_id, statement_id, line_no, rule, break_id)
-SELECT DISTINCT ON (m.posting_id) m.posting_id, :account, s.id, l.line_no, 'adjustment', b.id
+SELECT DISTINCT ON (m.posting_id) m.posting_id, m.escrow_account_id, s.id, l.line_no, 'adjustment', b.id
   FROM custody_movements m
   JOIN reconciliation_breaks b ON b.id = m.service_ref
   JOIN bank_statements s ON s.escrow_account_id = :account AND s.status = 'current'
@@ -432,7 +432,8 @@ _LINE_BREAKS = [
     f"""WITH {_LINE_STATE}
 INSERT INTO reconciliation_breaks (id, escrow_account_id, bank_id, kind, owner, business_date, statement_id, line_no,
                                    posting_id, amount)
-SELECT {_NEW_ID}, :account, :bank, s.outcome, 'bank', s.business_date, s.statement_id, s.line_no,
+SELECT {_NEW_ID}, CAST(:account AS text), CAST(:bank AS text), s.outcome, 'bank', s.business_date, s.statement_id,
+       s.line_no,
        CASE s.outcome WHEN 'amount_mismatch' THEN s.posting_id END, s.difference
   FROM line_state s
  WHERE s.outcome <> 'matched'
@@ -456,12 +457,12 @@ _MOVEMENT_BREAKS = [
     # a movement on no statement long enough is a break (an adjustment of the regulator's own: its break)
     """INSERT INTO reconciliation_breaks (id, escrow_account_id, bank_id, kind, owner, business_date, posting_id,
                                    amount)
-SELECT {new_id}, :account, :bank, 'not_on_statement',
+SELECT {new_id}, m.escrow_account_id, CAST(:bank AS text), 'not_on_statement',
        CASE m.entry_kind WHEN 'reconciliation_adjustment' THEN 'regulator' ELSE 'bank' END, m.business_date,
        m.posting_id, CASE m.direction WHEN 'credit' THEN -m.amount ELSE m.amount END
   FROM custody_movements m
  WHERE m.escrow_account_id = :account AND m.business_date >= CAST(:start AS date)
-   AND CAST(:latest AS date) - m.business_date >= :in_transit
+   AND CAST(:latest AS date) - m.business_date >= CAST(:in_transit AS int)
    AND NOT EXISTS (SELECT 1 FROM reconciliation_matches x WHERE x.posting_id = m.posting_id)
    AND NOT EXISTS (SELECT 1 FROM reconciliation_breaks b WHERE b.posting_id = m.posting_id
                       AND b.kind = 'not_on_statement')""".replace("{new_id}", _NEW_ID),
@@ -545,7 +546,8 @@ _BALANCE_BREAKS = [
     _BALANCE_CHANGES
     + f"""INSERT INTO reconciliation_breaks (id, escrow_account_id, bank_id, kind, owner, business_date, statement_id,
                                    amount)
-SELECT {_NEW_ID}, :account, :bank, 'balance_mismatch', 'bank', c.d, c.id, c.amount FROM changes c
+SELECT {_NEW_ID}, CAST(:account AS text), CAST(:bank AS text), 'balance_mismatch', 'bank', c.d, c.id, c.amount
+  FROM changes c
  WHERE c.amount <> 0
    AND NOT EXISTS (SELECT 1 FROM reconciliation_breaks b WHERE b.statement_id = c.id
                       AND b.kind = 'balance_mismatch')""",
