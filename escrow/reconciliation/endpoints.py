@@ -1,12 +1,14 @@
 import csv
 import io
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
 from litestar.exceptions import HTTPException
-from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -153,6 +155,18 @@ async def break_out(session: AsyncSession, found: ReconciliationBreak) -> BreakO
     )
 
 
+@dataclass
+class XmlBodyOperation(Operation):
+    """The camt.053 route reads its body itself (XML): its OpenAPI operation says what that body is."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            content={"application/xml": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format="xml"))},
+            description="An ISO 20022 camt.053 Document (BkToCstmrStmt), UTF-8.",
+            required=True,
+        )
+
+
 # --- intake --------------------------------------------------------------------------------------------------
 
 
@@ -204,11 +218,11 @@ async def submit_statement(
     summary="Send an ISO 20022 camt.053 document (one statement or many): each is matched at once",
     description="Content-Type application/xml. A DOCTYPE (DTD, entities) is refused; the document must be in a "
     "camt.053.001.02 to .13 namespace; booked entries only, CNY, at most 2 decimals.",
+    operation_class=XmlBodyOperation,
     **INTAKE,
 )
 async def submit_camt053(
     request: Request,
-    data: Annotated[bytes, Body(media_type="application/xml", description="A camt.053 Document.")],
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
@@ -217,7 +231,7 @@ async def submit_camt053(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in XML_TYPES:
         raise HTTPException(status_code=415, detail="send the camt.053 document as application/xml")
-    statements = camt053_statements(io.BytesIO(data), settings.business_timezone)
+    statements = camt053_statements(io.BytesIO(await request.body()), settings.business_timezone)
     return await _intake(db_session, settings, keyring, principal, statements)
 
 

@@ -128,7 +128,7 @@ class AccountDirectory:
 
     def __init__(self, session: AsyncSession, keyring: Keyring, bank_id: str | None) -> None:
         self.session, self.keyring, self.bank_id = session, keyring, bank_id
-        self._by_number: dict[str, str] | None = None
+        self._by_number: dict[str, list[str]] | None = None
 
     async def find(self, header: Header) -> EscrowAccount:
         field_name = f"{header.where}/Acct/Id" if header.format == "camt053" else "escrow_account_id"
@@ -148,15 +148,22 @@ class AccountDirectory:
             )
             if self.bank_id is not None:
                 query = query.where(EscrowAccount.bank_id == self.bank_id)
-            self._by_number = {
-                self.keyring.decrypt(encrypted, f"escrow_accounts.bank_account:{account_id}"): account_id
-                for account_id, encrypted in (await self.session.execute(query)).all()
-            }
+            self._by_number = {}
+            for account_id, encrypted in (await self.session.execute(query)).all():
+                number = self.keyring.decrypt(encrypted, f"escrow_accounts.bank_account:{account_id}")
+                self._by_number.setdefault(number, []).append(account_id)
         try:
             number = normalize_account_number(header.account)
         except ValueError:
             return None
-        return self._by_number.get(number)
+        found = self._by_number.get(number, [])
+        if len(found) > 1:
+            raise StatementInvalid(
+                f"{header.where}/Acct/Id",
+                f"bank account {mask_account_number(number)} is recorded for {len(found)} escrow accounts: "
+                "name the escrow account id (esc_…) instead",
+            )
+        return found[0] if found else None
 
 
 @dataclass
