@@ -461,7 +461,7 @@ UPDATE reconciliation_breaks b SET state = 'resolved', resolution = 'cleared', r
  WHERE b.statement_id = s.statement_id AND b.line_no = s.line_no AND b.state = 'open' AND s.outcome = 'matched'"""
 
 _MOVEMENT_BREAKS = [
-    # a movement on no statement long enough is a break (an adjustment of the regulator's own: its break)
+    # a movement on no statement long enough is a break (an adjustment of the regulator's own at once: its break)
     """INSERT INTO reconciliation_breaks (id, escrow_account_id, bank_id, kind, owner, business_date, posting_id,
                                    amount)
 SELECT {new_id}, m.escrow_account_id, CAST(:bank AS text), 'not_on_statement',
@@ -469,7 +469,8 @@ SELECT {new_id}, m.escrow_account_id, CAST(:bank AS text), 'not_on_statement',
        m.posting_id, CASE m.direction WHEN 'credit' THEN -m.amount ELSE m.amount END
   FROM custody_movements m
  WHERE m.escrow_account_id = :account AND m.business_date >= CAST(:start AS date)
-   AND CAST(:latest AS date) - m.business_date >= CAST(:in_transit AS int)
+   AND (CAST(:latest AS date) - m.business_date >= CAST(:in_transit AS int)
+        OR m.entry_kind = 'reconciliation_adjustment')  -- it followed a line the bank no longer shows
    AND NOT EXISTS (SELECT 1 FROM reconciliation_matches x WHERE x.posting_id = m.posting_id)
    AND NOT EXISTS (SELECT 1 FROM reconciliation_breaks b WHERE b.posting_id = m.posting_id
                       AND b.kind = 'not_on_statement')""".replace("{new_id}", _NEW_ID),
