@@ -432,36 +432,52 @@ def _escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def camt053_chunks(statements: Iterable[tuple[Header, Iterable[Line]]], message_id: str = "MSG1") -> Iterator[str]:
-    """A camt.053.001.08 document of the given statements, as text chunks (write them to a file or join them).
-    ``Header.account`` goes into Acct/Id/Othr/Id; ``bank_statement_id`` into Stmt/Id."""
-    yield (
+def camt053_head(message_id: str = "MSG1") -> str:
+    return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<Document xmlns="{CAMT053_WRITTEN}"><BkToCstmrStmt>'
         f"<GrpHdr><MsgId>{_escape(message_id)}</MsgId><CreDtTm>{datetime.now(UTC).isoformat()}</CreDtTm></GrpHdr>\n"
     )
+
+
+def camt053_statement_head(header: Header) -> str:
+    """``Header.account`` goes into Acct/Id/Othr/Id; ``bank_statement_id`` into Stmt/Id."""
+    day = header.business_date.isoformat()
+    balances = "".join(
+        f'<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp><Amt Ccy="CNY">{_yuan(fen)}</Amt>'
+        f"<CdtDbtInd>{'CRDT' if fen >= 0 else 'DBIT'}</CdtDbtInd><Dt><Dt>{day}</Dt></Dt></Bal>"
+        for code, fen in (("OPBD", header.opening), ("CLBD", header.closing))
+    )
+    return (
+        f"<Stmt><Id>{_escape(header.bank_statement_id or day)}</Id><CreDtTm>{day}T23:59:00+08:00</CreDtTm>"
+        f"<Acct><Id><Othr><Id>{_escape(header.account)}</Id></Othr></Id><Ccy>CNY</Ccy></Acct>{balances}\n"
+    )
+
+
+def camt053_entry(line: Line) -> str:
+    refs = f"<EndToEndId>{_escape(line.end_to_end_id)}</EndToEndId>" if line.end_to_end_id else ""
+    remittance = f"<RmtInf><Ustrd>{_escape(line.text)}</Ustrd></RmtInf>" if line.text else ""
+    details = ""
+    if refs or remittance:
+        details = f"<NtryDtls><TxDtls><Refs>{refs}</Refs>{remittance}</TxDtls></NtryDtls>"
+    return (
+        f'<Ntry><Amt Ccy="CNY">{_yuan(line.amount)}</Amt>'
+        f"<CdtDbtInd>{'CRDT' if line.direction == 'credit' else 'DBIT'}</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts>"
+        f"<BookgDt><Dt>{line.booking_date.isoformat()}</Dt></BookgDt>"
+        f"<ValDt><Dt>{line.value_date.isoformat()}</Dt></ValDt>"
+        f"<AcctSvcrRef>{_escape(line.bank_transaction_id)}</AcctSvcrRef>{details}</Ntry>\n"
+    )
+
+
+CAMT053_STATEMENT_END = "</Stmt>\n"
+CAMT053_END = "</BkToCstmrStmt></Document>\n"
+
+
+def camt053_chunks(statements: Iterable[tuple[Header, Iterable[Line]]], message_id: str = "MSG1") -> Iterator[str]:
+    """A camt.053.001.08 document of the given statements, as text chunks (write them to a file or join them)."""
+    yield camt053_head(message_id)
     for header, lines in statements:
-        day = header.business_date.isoformat()
-        balances = "".join(
-            f'<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp><Amt Ccy="CNY">{_yuan(fen)}</Amt>'
-            f"<CdtDbtInd>{'CRDT' if fen >= 0 else 'DBIT'}</CdtDbtInd><Dt><Dt>{day}</Dt></Dt></Bal>"
-            for code, fen in (("OPBD", header.opening), ("CLBD", header.closing))
-        )
-        yield (
-            f"<Stmt><Id>{_escape(header.bank_statement_id or day)}</Id><CreDtTm>{day}T23:59:00+08:00</CreDtTm>"
-            f"<Acct><Id><Othr><Id>{_escape(header.account)}</Id></Othr></Id><Ccy>CNY</Ccy></Acct>{balances}\n"
-        )
+        yield camt053_statement_head(header)
         for line in lines:
-            refs = f"<EndToEndId>{_escape(line.end_to_end_id)}</EndToEndId>" if line.end_to_end_id else ""
-            remittance = f"<RmtInf><Ustrd>{_escape(line.text)}</Ustrd></RmtInf>" if line.text else ""
-            details = ""
-            if refs or remittance:
-                details = f"<NtryDtls><TxDtls><Refs>{refs}</Refs>{remittance}</TxDtls></NtryDtls>"
-            yield (
-                f'<Ntry><Amt Ccy="CNY">{_yuan(line.amount)}</Amt>'
-                f"<CdtDbtInd>{'CRDT' if line.direction == 'credit' else 'DBIT'}</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts>"
-                f"<BookgDt><Dt>{line.booking_date.isoformat()}</Dt></BookgDt>"
-                f"<ValDt><Dt>{line.value_date.isoformat()}</Dt></ValDt>"
-                f"<AcctSvcrRef>{_escape(line.bank_transaction_id)}</AcctSvcrRef>{details}</Ntry>\n"
-            )
-        yield "</Stmt>\n"
-    yield "</BkToCstmrStmt></Document>\n"
+            yield camt053_entry(line)
+        yield CAMT053_STATEMENT_END
+    yield CAMT053_END
