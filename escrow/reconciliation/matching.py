@@ -23,6 +23,15 @@ from escrow.models.reconciliation import PRIMARY_RULES
 
 SYSTEM = "system:reconciliation"
 MAX_ROUNDS = 4  # of one rule, when candidates competed or pairs were too far apart
+# Rows written in this transaction are invisible to the planner's statistics until someone analyzes the table:
+# after a bulk write (a large statement, a first projection, many matches) matching analyzes it itself, or the
+# next statement plans for a table of a few rows (nested loops over a million lines).
+ANALYZE_AFTER = 10_000
+
+
+async def analyze_if_many(session: AsyncSession, table: str, written: int) -> None:
+    if written >= ANALYZE_AFTER:
+        await session.execute(text(f"ANALYZE {table}"))
 
 
 async def lock_account(session: AsyncSession, account_id: str) -> None:
@@ -349,6 +358,7 @@ async def run_matching(session: AsyncSession, settings: Settings, account_id: st
         clock = now
 
     report.movements_read = await sync_movements(session, account_id)
+    await analyze_if_many(session, "custody_movements", report.movements_read)
     lap("projection")
     bounds = (
         await session.execute(
@@ -390,6 +400,7 @@ async def run_matching(session: AsyncSession, settings: Settings, account_id: st
                 break
         report.matched[rule] = report.matched.get(rule, 0) + found
         lap(rule)
+    await analyze_if_many(session, "reconciliation_matches", sum(report.matched.values()))
     for sql in _LINE_STATE_TABLE:
         await session.execute(text(sql), params if ":account" in sql else {})
     report.breaks_cleared += await _execute(session, _CLEAR_LINE_BREAKS, params)

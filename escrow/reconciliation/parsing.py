@@ -25,6 +25,10 @@ from escrow.reconciliation.schemas import StatementIn
 CAMT053_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:camt\.053\.001\.(0[2-9]|1[0-3])$")
 _AMOUNT = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")
 _NOT_PROVIDED = "NOTPROVIDED"  # what banks put in EndToEndId when the payer gave none
+_ENTRY_NAMES = (
+    *("Amt", "CdtDbtInd", "Sts", "Cd", "BookgDt", "ValDt", "Dt", "DtTm", "AcctSvcrRef", "AddtlNtryInf", "NtryDtls"),
+    *("TxDtls", "Refs", "EndToEndId", "InstrId", "RmtInf", "Strd", "CdtrRefInf", "Ref", "Ustrd", "NtryRef", "Ntry"),
+)
 OPENING_CODES = ("OPBD", "PRCD")  # opening booked; previously closed booked (the day before's closing)
 CLOSING_CODE = "CLBD"
 
@@ -162,6 +166,7 @@ class _Camt053:
             remove_pis=True,
         )
         self.ns = ""
+        self._tags: dict[str, str] = {}
         self.message_id: str | None = None
         self.statement_no = 0
 
@@ -178,7 +183,10 @@ class _Camt053:
             ) from exc
 
     def _q(self, name: str) -> str:
-        return f"{{{self.ns}}}{name}"
+        tag = self._tags.get(name)
+        if tag is None:  # names are few: each is built once
+            tag = self._tags[name] = f"{{{self.ns}}}{name}"
+        return tag
 
     def statements(self) -> Iterator[ParsedStatement]:
         seen_document = False
@@ -214,6 +222,7 @@ class _Camt053:
                 line=root.sourceline,
             )
         self.ns = namespace
+        self._tags = {name: f"{{{namespace}}}{name}" for name in _ENTRY_NAMES}
 
     def _statement(self, stmt: Any) -> ParsedStatement:
         where = f"Stmt[{self.statement_no}]"
@@ -232,6 +241,7 @@ class _Camt053:
 
     def _lines(self, stmt: Any, header: Header, first: Any) -> Iterator[Line]:
         element, number = first, 0
+        entry_tag, statement_tag = self._q("Ntry"), self._q("Stmt")
         while element is not None:
             number += 1
             yield self._entry(element, header, f"{header.where}/Ntry[{number}]")
@@ -239,10 +249,10 @@ class _Camt053:
             element = None
             while (event := self._next()) is not None:
                 kind, found = event
-                if kind == "end" and found.tag == self._q("Ntry"):
+                if kind == "end" and found.tag == entry_tag:
                     element = found
                     break
-                if kind == "end" and found.tag == self._q("Stmt"):
+                if kind == "end" and found.tag == statement_tag:
                     break
             else:
                 raise StatementMalformed(header.where, "the document ends inside a statement")
@@ -299,93 +309,99 @@ class _Camt053:
     # -- entries ----------------------------------------------------------------------------------------------
 
     def _entry(self, entry: Any, header: Header, where: str) -> Line:
-        q = self._q
-        fields: dict[str, Any] = {}
-        details: Any = None
-        for child in entry:
-            fields[child.tag] = child
-            if child.tag == q("NtryDtls"):
-                details = child
-        line = entry.sourceline
-        amount = self._amount(fields.get(q("Amt")), f"{where}/Amt")
-        direction = self._direction(fields.get(q("CdtDbtInd")), f"{where}/CdtDbtInd")
-        status = fields.get(q("Sts"))
-        status_code = _text(status.find(q("Cd"))) if status is not None and len(status) else _text(status)
+        t = self._tags.__getitem__
+        fields = {child.tag: child for child in entry}
+        get = fields.get
+        amount = self._amount(get(t("Amt")), where, "Amt")
+        direction = self._direction(get(t("CdtDbtInd")), where, "CdtDbtInd")
+        status = get(t("Sts"))
+        status_code = _text(status.find(t("Cd"))) if status is not None and len(status) else _text(status)
         if status_code != "BOOK":
             raise StatementInvalid(
                 f"{where}/Sts",
                 f"is {status_code or 'missing'}: an end-of-day statement holds booked entries (BOOK)",
-                line=line,
+                line=entry.sourceline,
             )
-        booked = self._date(fields.get(q("BookgDt")), f"{where}/BookgDt")
-        valued = self._date(fields.get(q("ValDt")), f"{where}/ValDt")
+        booked = self._date(get(t("BookgDt")), where, "BookgDt")
+        valued = self._date(get(t("ValDt")), where, "ValDt")
         assert booked is not None and valued is not None
-        check_booking_date(booked, header, f"{where}/BookgDt", line)
-        bank_reference = _text(fields.get(q("AcctSvcrRef")))
+        if booked > header.business_date:
+            check_booking_date(booked, header, f"{where}/BookgDt", entry.sourceline)
+        bank_reference = _text(get(t("AcctSvcrRef")))
         ours: str | None = None
-        texts = [_text(fields.get(q("AddtlNtryInf")))]
+        texts = [_text(get(t("AddtlNtryInf")))]
+        details = get(t("NtryDtls"))
         if details is not None:
-            transactions = details.findall(q("TxDtls"))
+            transactions = details.findall(t("TxDtls"))
             if len(transactions) > 1:
                 raise StatementInvalid(
                     f"{where}/NtryDtls",
                     "a batch booking (more than one TxDtls) is refused: one entry per payment",
-                    line=line,
+                    line=entry.sourceline,
                 )
             if transactions:
-                refs = transactions[0].find(q("Refs"))
+                refs = transactions[0].find(t("Refs"))
                 if refs is not None:
-                    bank_reference = bank_reference or _text(refs.find(q("AcctSvcrRef")))
+                    bank_reference = bank_reference or _text(refs.find(t("AcctSvcrRef")))
                     for name in ("EndToEndId", "InstrId"):
-                        quoted = _text(refs.find(q(name)))
+                        quoted = _text(refs.find(t(name)))
                         if quoted and quoted != _NOT_PROVIDED:
                             ours = quoted
                             break
-                remittance = transactions[0].find(q("RmtInf"))
+                remittance = transactions[0].find(t("RmtInf"))
                 if remittance is not None:
-                    ours = ours or _text(remittance.find(f"{q('Strd')}/{q('CdtrRefInf')}/{q('Ref')}"))
-                    texts += [_text(u) for u in remittance.iterfind(q("Ustrd"))]
-        bank_reference = bank_reference or _text(fields.get(q("NtryRef")))
+                    ours = ours or _text(remittance.find(f"{t('Strd')}/{t('CdtrRefInf')}/{t('Ref')}"))
+                    texts += [_text(u) for u in remittance.iterfind(t("Ustrd"))]
+        bank_reference = bank_reference or _text(get(t("NtryRef")))
         if not bank_reference:
-            raise StatementInvalid(f"{where}/AcctSvcrRef", "the bank's reference is missing", line=line)
-        _check_length(bank_reference, f"{where}/AcctSvcrRef", line)
-        if ours is not None:
-            _check_length(ours, f"{where}/NtryDtls/TxDtls/Refs/EndToEndId", line)
-        text = " ".join(t for t in texts if t)[:500] or None
+            raise StatementInvalid(f"{where}/AcctSvcrRef", "the bank's reference is missing", line=entry.sourceline)
+        if len(bank_reference) > 100:
+            _too_long(f"{where}/AcctSvcrRef", entry.sourceline)
+        if ours is not None and len(ours) > 100:
+            _too_long(f"{where}/NtryDtls/TxDtls/Refs/EndToEndId", entry.sourceline)
+        text = " ".join(x for x in texts if x)[:500] or None
         return Line(bank_reference, ours, direction, amount, valued, booked, text)
 
-    def _amount(self, element: Any, where: str, *, positive: bool = True) -> int:
+    def _amount(self, element: Any, where: str, name: str | None = None, *, positive: bool = True) -> int:
         if element is None:
-            raise StatementInvalid(where, "missing")
+            raise StatementInvalid(_at(where, name), "missing")
         currency = element.get("Ccy")
         if currency != "CNY":
-            raise StatementInvalid(where, f"currency {currency or '(none)'} is not CNY", line=element.sourceline)
+            raise StatementInvalid(
+                _at(where, name), f"currency {currency or '(none)'} is not CNY", line=element.sourceline
+            )
         raw = (element.text or "").strip()
         if not _AMOUNT.match(raw):
             raise StatementInvalid(
-                where, f"{raw!r} is not an amount in yuan with at most 2 decimals (fen)", line=element.sourceline
+                _at(where, name),
+                f"{raw!r} is not an amount in yuan with at most 2 decimals (fen)",
+                line=element.sourceline,
             )
         fen = int(Decimal(raw).scaleb(2))
         if positive and fen == 0:
-            raise StatementInvalid(where, "a booking of 0 is refused", line=element.sourceline)
+            raise StatementInvalid(_at(where, name), "a booking of 0 is refused", line=element.sourceline)
         return fen
 
-    def _direction(self, element: Any, where: str) -> Literal["credit", "debit"]:
+    def _direction(self, element: Any, where: str, name: str | None = None) -> Literal["credit", "debit"]:
         code = _text(element)
         if code == "CRDT":
             return "credit"
         if code == "DBIT":
             return "debit"
         line = element.sourceline if element is not None else None
-        raise StatementInvalid(where, f"{code or 'missing'}: must be CRDT or DBIT", line=line)
+        raise StatementInvalid(_at(where, name), f"{code or 'missing'}: must be CRDT or DBIT", line=line)
 
-    def _date(self, element: Any, where: str | None, *, datetime_only: bool = False) -> date | None:
+    def _date(
+        self, element: Any, where: str | None, name: str | None = None, *, datetime_only: bool = False
+    ) -> date | None:
         """``<X><Dt>YYYY-MM-DD</Dt></X>`` or ``<X><DtTm>…</DtTm></X>`` (a business date in the business time zone)."""
         if element is None:
             if where is None:
                 return None
-            raise StatementInvalid(where, "missing")
-        day, moment = (None, element) if datetime_only else (element.find(self._q("Dt")), element.find(self._q("DtTm")))
+            raise StatementInvalid(_at(where, name), "missing")
+        day, moment = (None, element) if datetime_only else (element.find(self._q("Dt")), None)
+        if day is None and not datetime_only:
+            moment = element.find(self._q("DtTm"))
         try:
             if day is not None:
                 return date.fromisoformat((day.text or "").strip())
@@ -393,21 +409,26 @@ class _Camt053:
                 stamp = datetime.fromisoformat((moment.text or "").strip())
                 return (stamp.astimezone(self.zone) if stamp.tzinfo else stamp).date()
         except ValueError as exc:
-            raise StatementInvalid(where or "Dt", f"not an ISO date: {exc}", line=element.sourceline) from exc
+            raise StatementInvalid(
+                _at(where or "", name) or "Dt", f"not an ISO date: {exc}", line=element.sourceline
+            ) from exc
         if where is None:
             return None
-        raise StatementInvalid(where, "needs Dt or DtTm", line=element.sourceline)
+        raise StatementInvalid(_at(where, name), "needs Dt or DtTm", line=element.sourceline)
+
+
+def _at(where: str, name: str | None) -> str:
+    return f"{where}/{name}" if name else where
+
+
+def _too_long(where: str, line: int | None) -> None:
+    raise StatementInvalid(where, "longer than 100 characters", line=line)
 
 
 def _text(element: Any) -> str | None:
     if element is None or element.text is None:
         return None
     return element.text.strip() or None
-
-
-def _check_length(value: str, where: str, line: int | None) -> None:
-    if len(value) > 100:
-        raise StatementInvalid(where, "longer than 100 characters", line=line)
 
 
 def _drop(element: Any) -> None:

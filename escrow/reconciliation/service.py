@@ -56,7 +56,15 @@ from escrow.models import (
     EscrowAccount,
     ReconciliationBreak,
 )
-from escrow.reconciliation.matching import LINE_STATE, SYSTEM, RunReport, lock_account, run_matching, sync_movements
+from escrow.reconciliation.matching import (
+    LINE_STATE,
+    SYSTEM,
+    RunReport,
+    analyze_if_many,
+    lock_account,
+    run_matching,
+    sync_movements,
+)
 from escrow.reconciliation.parsing import (
     Header,
     Line,
@@ -219,6 +227,7 @@ async def import_statement(
     statement_id = new_id("stm")
     savepoint = await session.begin_nested()
     tally = await _copy_lines(session, statement_id, account.id, parsed, progress)
+    await analyze_if_many(session, "bank_statement_lines", tally.count)
     digest = tally.digest.hexdigest()
     if current is not None and current.digest == digest:
         await savepoint.rollback()
