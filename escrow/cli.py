@@ -9,6 +9,7 @@ from pathlib import Path
 from escrow.config import get_settings
 
 DEFAULT_OPENAPI = Path("contracts/openapi.json")
+STATEMENT_SCHEMA = "bank-statement.schema.json"  # written beside the OpenAPI document
 
 
 def openapi_document() -> str:
@@ -82,17 +83,24 @@ def cmd_db_url(_: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    document = openapi_document()
+    from escrow.reconciliation.schemas import statement_schema_document
+
+    contracts = [
+        (args.output, openapi_document(), "the app's OpenAPI document"),
+        (args.output.parent / STATEMENT_SCHEMA, statement_schema_document(), "the JSON statement format"),
+    ]
     if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != document:
-            print(f"{args.output} differs from the app's OpenAPI document; run `escrow openapi`", file=sys.stderr)
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(document)
-    print(f"wrote {args.output}")
+        stale = [path for path, document, _ in contracts if (path.read_text() if path.exists() else "") != document]
+        for path, _, what in contracts:
+            if path in stale:
+                print(f"{path} differs from {what}; run `escrow openapi`", file=sys.stderr)
+            else:
+                print(f"{path} is up to date")
+        return 1 if stale else 0
+    for path, document, _ in contracts:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document)
+        print(f"wrote {path}")
     return 0
 
 
@@ -536,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_url = commands.add_parser("db-url", help='print the database URL (psql "$(escrow db-url)")')
     db_url.set_defaults(func=cmd_db_url)
 
-    openapi = commands.add_parser("openapi", help="write the app's OpenAPI document to contracts/openapi.json")
+    openapi = commands.add_parser(
+        "openapi", help="write contracts/openapi.json and the JSON statement schema (bank-statement.schema.json)"
+    )
     openapi.add_argument("--output", type=Path, default=DEFAULT_OPENAPI, help="where to write it")
     openapi.add_argument("--check", action="store_true", help="only check that the file is up to date")
     openapi.set_defaults(func=cmd_openapi)

@@ -202,7 +202,10 @@ class _Camt053:
                 self.message_id = _text(element.find(self._q("MsgId")))
             elif kind == "start" and local == "Stmt":
                 self.statement_no += 1
-                yield self._statement(element)
+                statement = self._statement(element)
+                yield statement
+                for _ in statement.lines:  # lines the reader did not want are still read (and checked)
+                    pass
         if not seen_document:
             raise StatementMalformed("document", "no XML element found")
         if not self.statement_no:

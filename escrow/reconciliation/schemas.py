@@ -15,6 +15,8 @@ STATEMENT_SCHEMA_ID = "urn:escrow:contracts:bank-statement:1"
 
 
 class LineAmount(Money):
+    model_config = ConfigDict(extra="forbid")
+
     amount: StrictInt = Field(gt=0, lt=10**15, description="Integer fen, positive; the direction says which way.")
 
 
@@ -195,3 +197,17 @@ class MatchingRun(BaseModel):
     matched: dict[str, int] = Field(description="New matches per rule.")
     breaks_opened: int
     breaks_cleared: int
+
+
+def statement_schema_document() -> str:
+    """The JSON statement format as a standalone JSON Schema (contracts/bank-statement.schema.json)."""
+    import json
+
+    schema = StatementIn.model_json_schema()
+    schema["title"] = "Bank statement"
+    schema["description"] = (
+        "A custodian bank's end-of-day statement of one escrow account (POST /v1/statements). Amounts are integer "
+        "fen; the opening balance plus credits less debits must be the closing balance. The same document again "
+        "changes nothing; other content for the same account and day is a correction."
+    )
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
