@@ -248,3 +248,26 @@ async def resolve(client: httpx.AsyncClient, token: str, break_id: str, expected
     )
     assert response.status_code == expected, response.text
     return response.json()
+
+
+async def statement_from_ledger(session: AsyncSession, account_id: str, day: date) -> list[tuple[int, Line]]:
+    """What an honest bank's statement of the day shows, read from the journal itself (not the projection):
+    (entry id, line) per posted custody_cash movement, quoting the reference the service issued."""
+    rows = await session.execute(
+        text(
+            "SELECT e.id, p.side, p.amount, e.refs->>'bank_transaction_id',"
+            "  coalesce(c.payment_reference, e.refs->>'instruction_id'), e.kind"
+            " FROM ledger_accounts a JOIN ledger_postings p ON p.account_id = a.id AND p.kind = 'posted'"
+            " JOIN ledger_entries e ON e.id = p.entry_id"
+            " LEFT JOIN cards c ON e.kind = 'card_paid' AND c.id = e.refs->>'card_id'"
+            " WHERE a.escrow_account_id = :book AND a.code = 'custody_cash' AND e.business_date = :day"
+            " ORDER BY p.id"
+        ),
+        {"book": account_id, "day": day},
+    )
+    out = [
+        (entry, Line(btx, ref, "credit" if side == "D" else "debit", amount, day, day, kind))
+        for entry, side, amount, btx, ref, kind in rows
+    ]
+    await session.rollback()
+    return out
