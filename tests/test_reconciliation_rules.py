@@ -6,6 +6,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow.config import Settings
+from escrow.jobs import run_jobs_once
 from tests.parties import bearer, key
 from tests.reconciling import (
     PRICE,
@@ -151,6 +152,23 @@ class TestLateReportsAndAgeing:
         resolved = await resolve(client, shop.regulator, found["id"], action="adjust", note="deposit bounced")
         assert resolved["resolution"] == "adjusted"
         assert deposit.amount == PRICE
+
+    async def test_the_daily_job_ages_what_no_new_statement_shows(
+        self, client: httpx.AsyncClient, session: AsyncSession, sessionmaker, settings: Settings
+    ) -> None:
+        shop = await desk(client, session)
+        await shop.deposit()
+        await send(client, shop.bank, statement_json(shop.account_id, []))
+        assert await breaks(client, shop.regulator) == []
+        quiet = await run_jobs_once(sessionmaker, settings)
+        assert quiet["reconciliation_runs"] == 0  # matched today already
+        await session.execute(text("UPDATE reconciliation_accounts SET last_run_at = now() - interval '1 day'"))
+        await session.commit()
+        aged = settings.model_copy(update={"reconciliation_in_transit_days": 0})
+        report = await run_jobs_once(sessionmaker, aged)
+        assert report["reconciliation_runs"] == 1
+        (found,) = await breaks(client, shop.regulator, state="open")
+        assert found["kind"] == "not_on_statement"
 
 
 class TestResolutions:
