@@ -278,6 +278,18 @@ class ProgressBar:
             self._drawn = False
 
 
+def _bar_to_the_end(unit: str):
+    """A progress callback whose bar ends its line once done reaches total (a benchmark's setup)."""
+    bar = ProgressBar(sys.stderr, unit=unit)
+
+    def progress(done: int, total: int) -> None:
+        bar(done, total)
+        if done == total:
+            bar.finish()
+
+    return progress
+
+
 def _totals_table(totals) -> str:
     """A closure's settlement totals per source (yuan), as a Markdown table."""
     parts = [
@@ -358,13 +370,8 @@ def cmd_bench_closure(args: argparse.Namespace) -> int:
     from escrow.closures import bench
     from escrow.ledger.bench import machine
 
-    setup_bar = ProgressBar(sys.stderr, unit="cards")
+    setup_progress = _bar_to_the_end("cards")
     settle_bar = ProgressBar(sys.stderr)
-
-    def setup_progress(done: int, total: int) -> None:
-        setup_bar(done, total)
-        if done == total:
-            setup_bar.finish()
 
     async def work(engine: AsyncEngine):
         try:
@@ -470,13 +477,8 @@ def cmd_bench_reconcile(args: argparse.Namespace) -> int:
     from escrow.ledger.bench import machine
     from escrow.reconciliation import bench
 
-    setup_bar = ProgressBar(sys.stderr, unit="cards")
+    setup_progress = _bar_to_the_end("cards")
     import_bar = ProgressBar(sys.stderr, unit="bytes")
-
-    def setup_progress(done: int, total: int) -> None:
-        setup_bar(done, total)
-        if done == total:
-            setup_bar.finish()
 
     async def work(engine: AsyncEngine):
         try:

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow.reconciliation.parsing import Header, Line, camt053_chunks
+from escrow.reconciliation.parsing import Header, Line, camt053_chunks, json_line
 from tests.closing import confirm_service, record_service
 from tests.parties import (
     Bank,
@@ -182,18 +182,7 @@ def statement_json(account_id: str, lines: list[Line], *, opening: int = 0, day:
         "statement_id": f"STMT-{(day or today()).isoformat()}",
         "opening_balance": {"amount": opening, "currency": "CNY"},
         "closing_balance": {"amount": closing(opening, lines), "currency": "CNY"},
-        "lines": [
-            {
-                "bank_transaction_id": line.bank_transaction_id,
-                "amount": {"amount": line.amount, "currency": "CNY"},
-                "direction": line.direction,
-                "value_date": line.value_date.isoformat(),
-                "booking_date": line.booking_date.isoformat(),
-                "end_to_end_reference": line.end_to_end_id,
-                "text": line.text,
-            }
-            for line in lines
-        ],
+        "lines": [json_line(line) for line in lines],
     }
 
 

@@ -38,6 +38,7 @@ from escrow.reconciliation.parsing import (
     camt053_entry,
     camt053_head,
     camt053_statement_head,
+    json_line,
 )
 
 TARGET_SECONDS = 60.0  # import + matching of 1,000,000 lines (issue #7)
@@ -77,17 +78,7 @@ def _bank_view(i: int, reference: str, transaction: str, amount: int, day: date)
 
 
 def _json_line(line: Line) -> str:
-    return json.dumps(
-        {
-            "bank_transaction_id": line.bank_transaction_id,
-            "amount": {"amount": line.amount, "currency": "CNY"},
-            "direction": line.direction,
-            "value_date": line.value_date.isoformat(),
-            "booking_date": line.booking_date.isoformat(),
-            "end_to_end_reference": line.end_to_end_id,
-            "text": line.text,
-        }
-    )
+    return json.dumps(json_line(line))
 
 
 _CARDS = text(

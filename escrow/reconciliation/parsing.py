@@ -123,6 +123,19 @@ def json_statement(data: StatementIn) -> ParsedStatement:
     return ParsedStatement(header, lines())
 
 
+def json_line(line: Line) -> dict[str, Any]:
+    """A line in the JSON statement format (the inverse of reading one)."""
+    return {
+        "bank_transaction_id": line.bank_transaction_id,
+        "amount": {"amount": line.amount, "currency": "CNY"},
+        "direction": line.direction,
+        "value_date": line.value_date.isoformat(),
+        "booking_date": line.booking_date.isoformat(),
+        "end_to_end_reference": line.end_to_end_id,
+        "text": line.text,
+    }
+
+
 def json_file_statement(raw: bytes) -> ParsedStatement:
     """A JSON statement read from a file (the API validates its body itself)."""
     try:
