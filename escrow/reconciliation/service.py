@@ -7,8 +7,9 @@ again for the same account and day changes nothing (the copy is rolled back to a
 correction: a new version becomes current, the earlier one is kept, superseded, with its breaks closed and its
 matches released, and matching runs again.
 
-Matching is set-based SQL over the statement lines of the account's current statements and a projection of the
-journal's posted ``custody_cash`` postings (``custody_movements``), one statement per rule, never a loop per line.
+Matching (``matching.py``) is set-based SQL over the statement lines of the account's current statements and a
+projection of the journal's posted ``custody_cash`` postings (``custody_movements``), one statement per rule, never a
+loop per line.
 Each rule pairs a line with at most one movement and a movement with at most one line, in this order:
 1. the reference this service issued (a card's payment reference, an instruction id) against the line's
    end-to-end reference, same direction;
@@ -39,6 +40,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,7 +92,8 @@ COPY_COLUMNS = (
     "text",
 )
 PROGRESS_EVERY = 10_000  # lines between two progress reports
-RECONCILABLE = ("active", "frozen", "closed")  # escrow accounts the bank holds money of (or held)
+RECONCILABLE = ("active", "frozen", "closed")
+log = structlog.get_logger("escrow.reconciliation")  # escrow accounts the bank holds money of (or held)
 
 Progress = Callable[[int], None]
 
@@ -262,7 +265,18 @@ async def import_statement(
     session.add(statement)
     await session.flush()
     await savepoint.commit()
-    return Intake(statement, "replaced" if current else "created")
+    outcome = "replaced" if current else "created"
+    log.info(
+        "statement_received",
+        statement_id=statement.id,
+        escrow_account_id=account.id,
+        business_date=str(header.business_date),
+        version=statement.version,
+        outcome=outcome,
+        lines=tally.count,
+        format=header.format,
+    )
+    return Intake(statement, outcome)
 
 
 async def _copy_lines(
@@ -473,6 +487,7 @@ async def resolve_break(
     found.resolved_by = principal.id
     found.note = data.note
     await session.flush()
+    log.info("break_resolved", break_id=found.id, kind=found.kind, resolution=found.resolution, by=principal.id)
     await run_matching(session, settings, found.escrow_account_id)
     await session.refresh(found)
     return found
