@@ -33,6 +33,7 @@ from escrow.migrate import head_revision
 from escrow.openapi import docs, openapi_config, openapi_json
 from escrow.payouts import endpoints as payout_endpoints
 from escrow.plans import endpoints as plan_endpoints
+from escrow.reconciliation import endpoints as reconciliation_endpoints
 from escrow.refunds import endpoints as refund_endpoints
 from escrow.unit_of_work import UnitOfWorkMiddleware, provide_db_session
 
@@ -113,6 +114,16 @@ ROUTES: list[ControllerRouterHandler] = [
     fund_endpoints.list_contributions,
     fund_endpoints.list_claims,
     fund_endpoints.recover,
+    reconciliation_endpoints.get_statement,
+    reconciliation_endpoints.statement_lines,
+    reconciliation_endpoints.list_breaks,
+    reconciliation_endpoints.breaks_csv,
+    reconciliation_endpoints.get_break,
+    reconciliation_endpoints.resolve_break,
+    reconciliation_endpoints.account_reconciliation,
+    reconciliation_endpoints.account_reconciliation_csv,
+    reconciliation_endpoints.reconciliation_overview,
+    reconciliation_endpoints.run_matching,
     audit_endpoints.list_audit,
     verify_ledger,
 ]
@@ -143,7 +154,8 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=[*ROUTES, *extra_routes],
+        # statement intake (POST /v1/statements, /v1/statements/camt053) has a body limit of its own
+        route_handlers=[*ROUTES, reconciliation_endpoints.statements_router(settings), *extra_routes],
         dependencies={
             "db_session": Provide(provide_db_session, sync_to_thread=False),
             "principal": Provide(current_principal, sync_to_thread=False),

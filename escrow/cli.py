@@ -1,4 +1,4 @@
-"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin, closure and bench."""
+"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin, closure, reconcile and bench."""
 
 import argparse
 import asyncio
@@ -9,6 +9,7 @@ from pathlib import Path
 from escrow.config import get_settings
 
 DEFAULT_OPENAPI = Path("contracts/openapi.json")
+STATEMENT_SCHEMA = "bank-statement.schema.json"  # written beside the OpenAPI document
 
 
 def openapi_document() -> str:
@@ -82,17 +83,24 @@ def cmd_db_url(_: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    document = openapi_document()
+    from escrow.reconciliation.schemas import statement_schema_document
+
+    contracts = [
+        (args.output, openapi_document(), "the app's OpenAPI document"),
+        (args.output.parent / STATEMENT_SCHEMA, statement_schema_document(), "the JSON statement format"),
+    ]
     if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != document:
-            print(f"{args.output} differs from the app's OpenAPI document; run `escrow openapi`", file=sys.stderr)
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(document)
-    print(f"wrote {args.output}")
+        stale = [path for path, document, _ in contracts if (path.read_text() if path.exists() else "") != document]
+        for path, _, what in contracts:
+            if path in stale:
+                print(f"{path} differs from {what}; run `escrow openapi`", file=sys.stderr)
+            else:
+                print(f"{path} is up to date")
+        return 1 if stale else 0
+    for path, document, _ in contracts:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document)
+        print(f"wrote {path}")
     return 0
 
 
@@ -276,6 +284,18 @@ class ProgressBar:
             self._drawn = False
 
 
+def _bar_to_the_end(unit: str):
+    """A progress callback whose bar ends its line once done reaches total (a benchmark's setup)."""
+    bar = ProgressBar(sys.stderr, unit=unit)
+
+    def progress(done: int, total: int) -> None:
+        bar(done, total)
+        if done == total:
+            bar.finish()
+
+    return progress
+
+
 def _totals_table(totals) -> str:
     """A closure's settlement totals per source (yuan), as a Markdown table."""
     parts = [
@@ -356,13 +376,8 @@ def cmd_bench_closure(args: argparse.Namespace) -> int:
     from escrow.closures import bench
     from escrow.ledger.bench import machine
 
-    setup_bar = ProgressBar(sys.stderr, unit="cards")
+    setup_progress = _bar_to_the_end("cards")
     settle_bar = ProgressBar(sys.stderr)
-
-    def setup_progress(done: int, total: int) -> None:
-        setup_bar(done, total)
-        if done == total:
-            setup_bar.finish()
 
     async def work(engine: AsyncEngine):
         try:
@@ -385,6 +400,113 @@ def cmd_bench_closure(args: argparse.Namespace) -> int:
     print(bench.summary(result))
     print(_totals_table(result.totals))
     return 0 if result.ok else 1
+
+
+async def reconcile(engine, settings, path: Path, bank: str | None, *, out=None, err=None) -> int:
+    """``escrow reconcile FILE``: import a camt.053 (or JSON) statement file and match it; 0 when imported."""
+    from sqlalchemy import or_, select
+
+    from escrow.config import load_secret_key
+    from escrow.db import create_sessionmaker
+    from escrow.errors import EscrowError
+    from escrow.kit.crypto import Keyring
+    from escrow.models import Bank
+    from escrow.reconciliation import service
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    sessionmaker = create_sessionmaker(engine)
+    bank_id = None
+    if bank is not None:
+        async with sessionmaker() as session:
+            bank_id = await session.scalar(select(Bank.id).where(or_(Bank.id == bank, Bank.code == bank)))
+        if bank_id is None:
+            print(f"no bank {bank} (give its id, bnk_…, or its code)", file=err)
+            return 2
+    bar = ProgressBar(err, unit="bytes")
+    try:
+        result = await service.import_file(
+            sessionmaker,
+            settings,
+            Keyring(load_secret_key(settings)),
+            path,
+            bank_id=bank_id,
+            received_by="operator:cli",
+            progress=bar,
+        )
+    except EscrowError as exc:
+        bar.finish()
+        print(f"{path}: refused, nothing was stored: {exc.detail}", file=err)
+        for error in exc.errors or []:
+            where = f" (line {error['line']})" if error.get("line") else ""
+            print(f"  {error['field']}{where}: {error['message']}", file=err)
+        return 1
+    bar.finish()
+    print(
+        f"{path}: {len(result.intakes)} statement(s), {result.lines:,} lines,"
+        f" imported in {result.import_seconds:.1f} s, matched in {result.matching_seconds:.1f} s",
+        file=out,
+    )
+    lines = [
+        "| statement | escrow account | day | version | outcome | lines | matched | amount mismatch | not in ledger"
+        " | open breaks | reconciled |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    async with sessionmaker() as session:
+        for intake in result.intakes:
+            statement = intake.statement
+            figures = await service.statement_figures(session, statement)
+            lines.append(
+                f"| {statement.id} | {statement.escrow_account_id} | {statement.business_date} | {statement.version}"
+                f" | {intake.outcome} | {statement.line_count:,} | {figures.matched:,} | {figures.amount_mismatch:,}"
+                f" | {figures.not_in_ledger:,} | {figures.open_breaks:,}"
+                f" | {'yes' if service.reconciled(statement, figures.open_breaks) else 'no'} |"
+            )
+    print("\n".join(lines), file=out)
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"{args.file}: no such file", file=sys.stderr)
+        return 2
+
+    async def work(engine):
+        return await reconcile(engine, get_settings(), args.file, args.bank)
+
+    return _run_with_engine(work)
+
+
+def cmd_bench_reconcile(args: argparse.Namespace) -> int:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from escrow.ledger.bench import machine
+    from escrow.reconciliation import bench
+
+    setup_progress = _bar_to_the_end("cards")
+    import_bar = ProgressBar(sys.stderr, unit="bytes")
+
+    async def work(engine: AsyncEngine):
+        try:
+            return await bench.run(
+                engine,
+                get_settings(),
+                lines=args.lines,
+                fmt=args.format,
+                setup_progress=setup_progress,
+                progress=import_bar,
+            )
+        finally:
+            import_bar.finish()
+
+    result = _run_with_bench_database(work, pool_size=2)
+    print(
+        f"reconciliation benchmark on {machine()}, a scratch database;"
+        f" a {args.format} statement of {args.lines:,} lines"
+    )
+    print(bench.table(result))
+    print(bench.summary(result))
+    return 0
 
 
 def _run_with_bench_database(work, *, pool_size: int) -> object:
@@ -430,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_url = commands.add_parser("db-url", help='print the database URL (psql "$(escrow db-url)")')
     db_url.set_defaults(func=cmd_db_url)
 
-    openapi = commands.add_parser("openapi", help="write the app's OpenAPI document to contracts/openapi.json")
+    openapi = commands.add_parser(
+        "openapi", help="write contracts/openapi.json and the JSON statement schema (bank-statement.schema.json)"
+    )
     openapi.add_argument("--output", type=Path, default=DEFAULT_OPENAPI, help="where to write it")
     openapi.add_argument("--check", action="store_true", help="only check that the file is up to date")
     openapi.set_defaults(func=cmd_openapi)
@@ -497,6 +621,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench_closure.add_argument("--no-verify", action="store_true", help="skip verifying the ledger at the end")
     bench_closure.set_defaults(func=cmd_bench_closure)
 
+    bench_reconcile = bench_commands.add_parser(
+        "reconcile", help="import and match a statement of many lines against a ledger day as large (timed)"
+    )
+    bench_reconcile.add_argument(
+        "--lines", type=_lines, default=1_000_000, help="statement lines (and paid cards) (default 1000000)"
+    )
+    bench_reconcile.add_argument(
+        "--format", choices=["camt053", "json"], default="camt053", help="the statement's format (default camt053)"
+    )
+    bench_reconcile.set_defaults(func=cmd_bench_reconcile)
+
+    reconcile_command = commands.add_parser(
+        "reconcile", help="import a bank statement file (camt.053, or JSON) and match it, with progress"
+    )
+    reconcile_command.add_argument("file", type=Path, help="a camt.053 document (one or many accounts) or a JSON one")
+    reconcile_command.add_argument(
+        "--bank", help="only that bank's escrow accounts (its id or code); default: any account the file names"
+    )
+    reconcile_command.set_defaults(func=cmd_reconcile)
+
     closure = commands.add_parser("closure", help="closures: execute a settling closure's plan")
     closure_commands = closure.add_subparsers(dest="closure_command", required=True, metavar="TASK")
     settle = closure_commands.add_parser(
@@ -523,6 +667,10 @@ def _batch_size(value: str) -> int:
 
 def _basis_points(value: str) -> int:
     return _int_between(value, 0, 10_000)
+
+
+def _lines(value: str) -> int:
+    return _int_between(value, 3, 10**7)
 
 
 def _positive(value: str) -> int:

@@ -103,6 +103,31 @@ class Settings(BaseSettings):
     closure_batch_size: int = Field(
         default=1000, ge=1, le=20_000, description="Settlement items executed per transaction."
     )
+    # --- reconciliation: domain.md §6 ---
+    statement_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest statement a bank may send over the API (JSON or camt.053), refused before parsing.",
+    )
+    statement_file_max_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Largest camt.053 or JSON file `escrow reconcile FILE` imports (streamed), refused before parsing.",
+    )
+    reconciliation_tolerance_days: int = Field(
+        default=2,
+        ge=0,
+        le=31,
+        description="Matching by amount, direction and value date: the most days a statement line's value date "
+        "may be from the ledger movement's business date.",
+    )
+    reconciliation_in_transit_days: int = Field(
+        default=2,
+        ge=0,
+        le=31,
+        description="A ledger movement the bank's statements don't show is in transit until the latest statement is "
+        "this many days past the movement's business date; then it is a break.",
+    )
     jobs_interval_seconds: float = Field(
         default=60, ge=0, description="How often the service runs its background jobs (0: never; see run-jobs)."
     )

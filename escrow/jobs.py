@@ -26,6 +26,7 @@ from escrow.kit.clock import business_date, utcnow
 from escrow.ledger.integrity import seal
 from escrow.models import JobRun
 from escrow.payouts import service as payouts
+from escrow.reconciliation import matching as reconciliation
 from escrow.refunds import service as refunds
 
 log = structlog.get_logger("escrow.jobs")
@@ -102,6 +103,14 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     async def owed(session: AsyncSession) -> int:
         return await fund.pay_owed(session, "system:fund", limit)
 
+    async def reconcile(session: AsyncSession) -> int:
+        # once a business date per account with statements, so movements in transit age into breaks even on a day
+        # no statement comes; one account per transaction (a large one is a large run)
+        accounts = await reconciliation.accounts_due(session, settings, 1)
+        for account_id in accounts:
+            await reconciliation.run_matching(session, settings, account_id)
+        return len(accounts)
+
     async def nonces(session: AsyncSession) -> int:
         return await forget_old_nonces(session)  # all at once (a second batch finds none)
 
@@ -115,6 +124,7 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
         ("closure_holds_released", release, 1),
         ("closure_items_settled", settle, settings.closure_batch_size),
         ("fund_owed_payments", owed, limit),
+        ("reconciliation_runs", reconcile, 1),
         ("bank_nonces_forgotten", nonces, limit),
     ):
         try:

@@ -31,6 +31,7 @@ from tests.parties import (
     regulator_token,
     sell_and_pay,
 )
+from tests.reconciling import camt053, fee, send, statement_json
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -163,6 +164,19 @@ async def cards_of(
         "consumption_id": await record_service(client, merchant, card_id),
         "refund_id": await merchant_caused_refund(client, merchant, bank, plan_id, consumer_id, consumer),
     }
+
+
+async def reconciliation_of(client: httpx.AsyncClient, bank: Bank, account_id: str) -> dict[str, str]:
+    """A statement of the bank's with a line the ledger doesn't know: a statement and a break to read (issue 7)."""
+    sent = await send(client, bank, statement_json(account_id, [fee(100)]))
+    (found,) = [b for b in await breaks_of(client, bank) if b["escrow_account_id"] == account_id]
+    return {"statement_id": sent["statements"][0]["id"], "break_id": found["id"]}
+
+
+async def breaks_of(client: httpx.AsyncClient, bank: Bank) -> list[dict]:
+    listed = await client.get("/v1/reconciliation/breaks", params={"limit": 200}, auth=bank.auth)
+    assert listed.status_code == 200, listed.text
+    return listed.json()["items"]
 
 
 CLOSURE_ROUTES = (
@@ -325,6 +339,7 @@ async def world(
         "consumer": Caller("consumer", consumer_secret, spare_token_id=await spare(session, "consumer", consumer_id)),
     }
     own_objects = {
+        **await reconciliation_of(client, bank, account),
         "bank_id": bank.id,
         "merchant_id": merchant.id,
         "consumer_id": consumer_id,
@@ -335,6 +350,7 @@ async def world(
     own = {role: {**own_objects, "token_id": callers[role].spare_token_id} for role in ROLES}
     other_token = await spare(session, "merchant", other_merchant.id)
     other = {
+        **await reconciliation_of(client, other_bank, other_account),
         "bank_id": other_bank.id,
         "merchant_id": other_merchant.id,
         "consumer_id": other_consumer_id,
@@ -384,6 +400,10 @@ async def body_for(
             "amount": world.unpaid_card["amount"],
             "bank_transaction_id": bank_transaction_id(),
         }
+    if path == "/v1/statements":  # always the bank's own account: another's is refused, 404, by the body
+        return statement_json(world.own["bank"]["escrow_account_id"], [fee(100), fee(5, "FEE-0002")])
+    if path == "/v1/reconciliation/breaks/{break_id}/resolve":
+        return {"action": "accept", "note": "matrix"}
     if path == "/v1/instructions/{instruction_id}/executed":
         return {"bank_transaction_id": bank_transaction_id()}
     return {
@@ -459,6 +479,10 @@ async def call(
     body = await body_for(client, world, method, path, params)
     kwargs = caller.auth() if caller else {}
     headers = {**kwargs.pop("headers", {}), **(key() if method != "GET" else {})}
+    if path == "/v1/statements/camt053":  # XML, for the bank's own account
+        document = camt053([(world.own["bank"]["escrow_account_id"], [fee(100), fee(7, "FEE-0003")], 0, None)])
+        headers["Content-Type"] = "application/xml"
+        return await client.request(method, path, content=document, headers=headers, **kwargs)
     return await client.request(method, fill(path, params), json=body, headers=headers, **kwargs)
 
 

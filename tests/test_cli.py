@@ -51,16 +51,41 @@ class TestBenchFlowCommand:
             *("--concurrency", "4", "--workers", "1"),
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "| step | requests | req/s | p50 ms | p99 ms | errors |" in result.stdout
-        rows = {
-            cells[0]: cells[1:]
-            for line in result.stdout.splitlines()
-            if line.startswith("| ") and (cells := [cell.strip() for cell in line.strip("|").split("|")])
-        }
+        assert (
+            "| step | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req | PostgreSQL CPU ms/req |"
+            in result.stdout
+        )
+        rows = bench_rows(result.stdout)
         for step, requests in {"sale": "4", "deposit": "4", "consumption": "8", "confirmation": "8"}.items():
-            assert rows[step][0] == requests and rows[step][-1] == "0", (step, rows[step])
+            assert rows[step][0] == requests and rows[step][4] == "0", (step, rows[step])
+            # CPU per request, in clock ticks of 10 ms: a tiny run may round to 0
+            assert float(rows[step][5]) >= 0 and float(rows[step][6]) >= 0, (step, rows[step])
         assert "confirmed releases/s end to end" in result.stdout and "(8 confirmed in" in result.stdout
-        assert "1 worker(s)" in result.stdout
+        assert "1 worker(s)" in result.stdout and "one service per request" in result.stdout
+
+    def test_classes_record_a_merchants_cards_together(self, db_url: str) -> None:
+        result = escrow(
+            db_url,
+            *("bench", "flow", "--consumers", "6", "--sessions", "2", "--merchants", "2", "--class-size", "3"),
+            *("--concurrency", "4", "--workers", "1"),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        rows = bench_rows(result.stdout)
+        # 6 cards at 2 merchants: a class of 3 per merchant per round, 2 rounds
+        assert rows["consumption"][0] == "4" and rows["confirmation"][0] == "12", rows
+        assert "12 services in 4 requests" in result.stdout and "(12 confirmed in" in result.stdout
+
+    def test_a_class_larger_than_a_roll_is_refused(self, db_url: str) -> None:
+        result = escrow(db_url, "bench", "flow", "--class-size", "201")
+        assert result.returncode == 2 and "--class-size must be between 1 and 200" in result.stderr
+
+
+def bench_rows(stdout: str) -> dict[str, list[str]]:
+    return {
+        cells[0]: cells[1:]
+        for line in stdout.splitlines()
+        if line.startswith("| ") and (cells := [cell.strip() for cell in line.strip("|").split("|")])
+    }
 
 
 class TestHelp:

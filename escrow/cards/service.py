@@ -267,11 +267,10 @@ _HISTORY = (
     " (SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
     "   WHERE c.deposit_transaction_id = $3 AND a.bank_id = $2 LIMIT 1) AS paid_card"
 )
-_DEPOSIT = (
-    f"SELECT c.*, a.bank_id AS account_bank_id, a.status AS account_status, p.validity_days, {_HISTORY}"
-    " FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id JOIN plans p ON p.id = c.plan_id"
-    " WHERE c.payment_reference = $1 FOR NO KEY UPDATE OF c"
-)
+_PAYABLE = "c.*, a.bank_id AS account_bank_id, a.status AS account_status, p.validity_days"
+_PAYABLE_FROM = " FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id JOIN plans p ON p.id = c.plan_id"
+_DEPOSIT = f"SELECT {_PAYABLE}, {_HISTORY}{_PAYABLE_FROM} WHERE c.payment_reference = $1 FOR NO KEY UPDATE OF c"
+_PAYABLE_BY_ID = f"SELECT {_PAYABLE}{_PAYABLE_FROM} WHERE c.id = $1 FOR NO KEY UPDATE OF c"
 _NO_CARD = f"SELECT {_HISTORY} FROM (SELECT $1::text) AS reference"
 
 
@@ -328,10 +327,24 @@ async def confirm_deposit(
         )
     if card.account_status != "active":
         raise refuse("account_not_active", f"escrow account {card.escrow_account_id} is {card.account_status}", 409)
-    await _post_paid(session, card, principal.id, data.bank_transaction_id, "deposit")
+    return await activate_paid(session, settings, card, principal.id, data.bank_transaction_id, "deposit")
+
+
+async def lock_payable(session: AsyncSession, card_id: str) -> db.Row | None:
+    """A card, locked, with what paying it needs (its escrow account's bank and status, its plan's validity)."""
+    return await db.one(session, _PAYABLE_BY_ID, card_id)
+
+
+async def activate_paid(
+    session: AsyncSession, settings: Settings, card: db.Row, principal: str, bank_transaction_id: str, how: str
+) -> db.Row:
+    """A card awaiting payment (a row of :func:`lock_payable`) is paid by a bank transaction (``how``: a ``deposit``
+    the bank reported, or a ``statement`` line reconciliation attached to it): the money goes into custody, the
+    card's validity starts."""
+    await _post_paid(session, card, principal, bank_transaction_id, how)
     now = utcnow()
     card.status = "active"
-    card.deposit_transaction_id = data.bank_transaction_id
+    card.deposit_transaction_id = bank_transaction_id
     card.paid_at = now
     card.starts_on = business_date(now, settings.business_timezone)
     card.valid_until = card.starts_on + timedelta(days=card.validity_days - 1)

@@ -247,7 +247,7 @@ async def verify(session: AsyncSession) -> VerifyReport:
         f"SELECT t.escrow_account_id, sum(t.posted) FILTER (WHERE t.code = 'custody_cash'),"
         f" coalesce(sum(t.posted) FILTER (WHERE t.code <> 'custody_cash'), 0) FROM ({_TOTALS}) t"
         f" WHERE t.code = 'custody_cash' OR t.code LIKE 'card:%'"
-        f"   OR t.code IN ('merchant_payable', 'refund_payable', 'transfer_payable')"
+        f"   OR t.code IN ('merchant_payable', 'refund_payable', 'transfer_payable', 'custody_difference')"
         f" GROUP BY t.escrow_account_id"
         f" HAVING sum(t.posted) FILTER (WHERE t.code = 'custody_cash')"
         f"   <> coalesce(sum(t.posted) FILTER (WHERE t.code <> 'custody_cash'), 0)"

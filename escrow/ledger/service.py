@@ -63,6 +63,9 @@ ACCOUNT_KINDS: dict[str, tuple[Side, bool]] = {
     "refund_payable": ("C", True),
     "refund_claims": ("C", True),  # refunds the merchant owes consumers outside custody
     "transfer_payable": ("C", True),  # custodied funds of cards taken over, on their way to the successor
+    # differences with the bank the regulator booked (reconciliation adjustments): a credit balance is money in
+    # custody nobody is owed yet, a debit balance money missing from custody
+    "custody_difference": ("C", False),
     "fund_subrogation": ("C", True),  # consumers' claims on the merchant the fund paid and now holds
     "fund_cash": ("D", True),
     "fund_contributions": ("C", False),

@@ -21,6 +21,14 @@ from escrow.models.party import (
     EscrowAccount,
     Merchant,
 )
+from escrow.models.reconciliation import (
+    BankStatement,
+    BankStatementLine,
+    CustodyMovement,
+    ReconciliationAccount,
+    ReconciliationBreak,
+    ReconciliationMatch,
+)
 from escrow.models.token import ApiToken
 
 __all__ = [
@@ -28,6 +36,8 @@ __all__ = [
     "AuditRecord",
     "Bank",
     "BankNonce",
+    "BankStatement",
+    "BankStatementLine",
     "Base",
     "Card",
     "Closure",
@@ -36,6 +46,7 @@ __all__ = [
     "ConsumerCode",
     "ConsumerLink",
     "Consumption",
+    "CustodyMovement",
     "EscrowAccount",
     "FundAccount",
     "FundContribution",
@@ -45,6 +56,9 @@ __all__ = [
     "JobRun",
     "Merchant",
     "Plan",
+    "ReconciliationAccount",
+    "ReconciliationBreak",
+    "ReconciliationMatch",
     "Refund",
     "TakeoverDecision",
     "UnappliedDeposit",
