@@ -86,7 +86,9 @@ async def _driver(session: AsyncSession) -> tuple[AsyncConnection, asyncpg.Conne
     if cached is not None and transaction is not None and cached[0] is transaction:
         return cached[1], cached[2]
     connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
+    # The checked-out connection is at hand once session.connection() returned (no I/O, so no greenlet, unlike
+    # AsyncConnection.get_raw_connection()).
+    driver = connection.sync_connection.connection.driver_connection
     session.info[_DRIVER] = (session.get_transaction(), connection, driver)
     return connection, driver
 
@@ -103,13 +105,19 @@ async def fetch(session: AsyncSession, sql: str, *args: Any) -> list[Any]:
 
 
 async def fetchrow(session: AsyncSession, sql: str, *args: Any) -> Any | None:
-    rows = await fetch(session, sql, *args)
-    return rows[0] if rows else None
+    """The first row of one statement in the session's transaction (see :func:`fetch`), or None."""
+    connection, driver = await _driver(session)
+    if driver.is_in_transaction():
+        return await driver.fetchrow(sql, *args)
+    return (await connection.exec_driver_sql(sql, args)).mappings().first()
 
 
 async def fetchval(session: AsyncSession, sql: str, *args: Any) -> Any:
-    row = await fetchrow(session, sql, *args)
-    return None if row is None else next(iter(row.values()))
+    """The first column of the first row of one statement in the session's transaction (see :func:`fetch`)."""
+    connection, driver = await _driver(session)
+    if driver.is_in_transaction():
+        return await driver.fetchval(sql, *args)
+    return (await connection.exec_driver_sql(sql, args)).scalar()
 
 
 async def autocommit(session: AsyncSession, sql: str, *args: Any) -> Any | None:
