@@ -141,6 +141,18 @@ REFUSED = {
     "three_decimals": (document(entry("100.001")), 422, "statement_invalid", "at most 2 decimals"),
     "not_cny": (document(entry(currency="USD")), 422, "statement_invalid", "USD is not CNY"),
     "not_xml": ("this is not xml", 422, "statement_malformed", "line"),
+    "wrapped_document": (
+        document(entry()).replace("<Document", "<Envelope><Document").replace("</Document>", "</Document></Envelope>"),
+        422,
+        "statement_invalid",
+        "root element",
+    ),
+    "doctype_of_another_root": (
+        '<!DOCTYPE Envelope [<!ENTITY a "aaaaaaaaaa">]><Envelope>' + "&a;" * 100 + "</Envelope>",
+        422,
+        "statement_unsafe",
+        "DOCTYPE",
+    ),
 }
 
 

@@ -296,7 +296,7 @@ async def statement_lines(
     limit = check_limit(limit)
     statement = await service.get_statement(db_session, principal, statement_id)
     after = decode_cursor(cursor)
-    if after is not None and not after.isdigit():
+    if after is not None and not (after.isdigit() and int(after) < 2**31):  # a line number (int4)
         raise FieldInvalid("cursor", "is not a cursor this service issued")
     rows = await service.statement_lines(
         db_session, statement, outcome=outcome, after=int(after) if after else None, limit=limit
@@ -392,27 +392,26 @@ BREAK_CSV_HEADER = (
     **READ,
 )
 async def breaks_csv(
+    db_session: DbSession,
     principal: PrincipalDep,
-    request: Request,
     break_state: Annotated[BreakState | None, QueryParameter(name="state")] = None,
     kind: FromQuery[BreakKind | None] = None,
     escrow_account_id: FromQuery[str | None] = None,
 ) -> Stream:
     query = service.breaks_query(principal, state=break_state, kind=kind, escrow_account_id=escrow_account_id)
-    sessionmaker = request.app.state.sessionmaker
 
     async def rows() -> AsyncIterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(BREAK_CSV_HEADER)
-        async with sessionmaker() as session, session.begin():  # its own read: the request's is over by now
-            async for found in await session.stream_scalars(query, execution_options={"yield_per": 2000}):
-                values = {**vars(found), "ledger_posting_id": found.posting_id}
-                writer.writerow(["" if values.get(c) is None else values[c] for c in BREAK_CSV_HEADER])
-                if buffer.tell() > 64_000:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
+        # the request's own session: the unit of work keeps it open until the whole body has been sent
+        async for found in await db_session.stream_scalars(query, execution_options={"yield_per": 2000}):
+            values = {**vars(found), "ledger_posting_id": found.posting_id}
+            writer.writerow(["" if values.get(c) is None else values[c] for c in BREAK_CSV_HEADER])
+            if buffer.tell() > 64_000:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
         yield buffer.getvalue()
 
     return Stream(rows(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="breaks.csv"'})
@@ -570,7 +569,8 @@ async def reconciliation_overview(
     after = decode_cursor(cursor)
     if after is not None:
         try:
-            date.fromisoformat(after.split("|")[0])
+            day, _ = after.split("|")  # (oldest open break's day, account id), as next_cursor writes it
+            date.fromisoformat(day)
         except ValueError as exc:
             raise FieldInvalid("cursor", "is not a cursor this service issued") from exc
     rows = await service.overview(db_session, settings, after=after, limit=limit)

@@ -31,6 +31,7 @@ _ENTRY_NAMES = (
 )
 OPENING_CODES = ("OPBD", "PRCD")  # opening booked; previously closed booked (the day before's closing)
 CLOSING_CODE = "CLBD"
+_ROOT = "the root element must be an ISO 20022 camt.053 Document"
 
 
 class StatementInvalid(EscrowError):
@@ -206,11 +207,13 @@ class _Camt053:
         while (event := self._next()) is not None:
             kind, element = event
             local = etree.QName(element).localname
-            if kind == "start" and local == "Document":
+            if kind == "start" and local == "Document" and not seen_document:
                 self._check_document(element)
+                if element.getparent() is not None:  # a Document wrapped in another element
+                    raise StatementInvalid("Document", _ROOT, line=element.sourceline)
                 seen_document = True
             elif not seen_document:
-                raise StatementInvalid("Document", "the root element must be an ISO 20022 camt.053 Document")
+                raise StatementInvalid("Document", _ROOT)
             elif kind == "end" and local == "GrpHdr":
                 self.message_id = _text(element.find(self._q("MsgId")))
             elif kind == "start" and local == "Stmt":
@@ -220,16 +223,16 @@ class _Camt053:
                 for _ in statement.lines:  # lines the reader did not want are still read (and checked)
                     pass
         if not seen_document:
-            raise StatementMalformed("document", "no XML element found")
+            root = self.events.root
+            if root is None:
+                raise StatementMalformed("document", "no XML element found")
+            _refuse_dtd(root)  # a DOCTYPE is refused as such; any other root is not camt.053
+            raise StatementInvalid("Document", _ROOT, line=root.sourceline)
         if not self.statement_no:
             raise StatementInvalid("BkToCstmrStmt", "the document holds no Stmt")
 
     def _check_document(self, root: Any) -> None:
-        docinfo = root.getroottree().docinfo
-        if docinfo.doctype or docinfo.internalDTD is not None:
-            raise StatementUnsafe(
-                "document", "a DOCTYPE (DTD, entity declarations) is refused: camt.053 documents have none", line=1
-            )
+        _refuse_dtd(root)
         namespace = etree.QName(root).namespace or ""
         if not CAMT053_NAMESPACE.match(namespace):
             raise StatementInvalid(
@@ -431,6 +434,14 @@ class _Camt053:
         if where is None:
             return None
         raise StatementInvalid(_at(where, name), "needs Dt or DtTm", line=element.sourceline)
+
+
+def _refuse_dtd(root: Any) -> None:
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise StatementUnsafe(
+            "document", "a DOCTYPE (DTD, entity declarations) is refused: camt.053 documents have none", line=1
+        )
 
 
 def _at(where: str, name: str | None) -> str:

@@ -451,6 +451,15 @@ async def _attach(
         raise ResolutionRefused(f"card {card.id} costs {card.price} fen; the deposit is {line.amount} fen")
     if card.account_status != "active":
         raise ResolutionRefused(f"escrow account {card.escrow_account_id} is not active: it takes no payments")
+    paid = await session.scalar(  # one bank transaction pays one card, never two (as for a reported deposit)
+        text(
+            "SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
+            " WHERE c.deposit_transaction_id = :transaction AND a.bank_id = :bank LIMIT 1"
+        ),
+        {"transaction": line.bank_transaction_id, "bank": found.bank_id},
+    )
+    if paid is not None:
+        raise ResolutionRefused(f"bank transaction {line.bank_transaction_id} already paid card {paid}")
     await cards.activate_paid(session, settings, card, principal, line.bank_transaction_id, "statement")
     await sync_movements(session, found.escrow_account_id)
     entry = await session.scalar(
@@ -470,6 +479,9 @@ async def resolve_break(
 ) -> ReconciliationBreak:
     found = await get_break(session, principal, break_id)
     await lock_account(session, found.escrow_account_id)
+    # Decide on the ledger as it is now: a deposit or instruction reported since the last run may have explained
+    # the break already (cleared: nothing to resolve), or changed the difference an adjustment would book.
+    await run_matching(session, settings, found.escrow_account_id)
     found = await get_break(session, principal, break_id, lock=True)
     if found.state != "open":
         raise BreakSettled(f"break {found.id} is {found.state} ({found.resolution})")
