@@ -140,7 +140,32 @@ def _caused_by_decoding(exc: BaseException) -> bool:
     return False
 
 
+# PostgreSQL gave up on the transaction to break a deadlock or a serialization conflict: nothing was changed, and
+# the same request (same Idempotency-Key) should simply be sent again.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _retryable(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    if _retryable(exc):
+        log.warning("transaction_conflict_retry", path=request.url.path, error=str(exc))
+        response = problem(
+            503,
+            "transient_conflict",
+            "Try again",
+            "The request met a concurrent one and was rolled back; nothing was changed. Send it again (with the "
+            "same Idempotency-Key).",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     return problem(
         HTTP_500_INTERNAL_SERVER_ERROR,

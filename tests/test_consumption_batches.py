@@ -1,13 +1,17 @@
 """Class rolls: one request records the services a class received (POST /v1/consumptions), all or nothing."""
 
 import asyncio
+from datetime import timedelta
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from escrow.config import Settings
+from escrow.jobs import run_jobs_once
+from escrow.kit.clock import utcnow
 from escrow.ledger.integrity import verify_database
 from tests.parties import (
     Bank,
@@ -243,3 +247,33 @@ class TestConcurrency:
         assert statuses == [201] * 5 + [409] * 5, [a.text for a in answers if a.status_code not in (201, 409)]
         assert [await held(session, card) for card in s.cards] == [(5, 500 * YUAN)] * 4
         assert (await verify_database(engine)).ok
+
+    async def test_a_roll_and_the_auto_confirmation_of_the_last_class_never_deadlock(
+        self, client: httpx.AsyncClient, session: AsyncSession, sessionmaker: async_sessionmaker, settings: Settings,
+        db_url: str,
+    ) -> None:  # fmt: skip
+        s = await studio(client, session, pupils=2)
+        first, second = sorted(s.cards)
+        # yesterday's class: the card with the higher id first, so its service is the first one due
+        for card in (second, first):
+            assert (await roll(client, s.merchant, [lesson(card)])).status_code == 201
+        due_first = await session.scalar(text("SELECT id FROM consumptions WHERE card_id = :card"), {"card": second})
+        # Hold the first due service's row, so the job stops there with its first card taken; then today's roll
+        # over both cards starts. Were the job to take its cards one by one in due order (the higher id first), the
+        # roll would hold the lower one and wait for the higher while the job, let go, waits for the lower: deadlock.
+        holder = await asyncpg.connect(db_url)
+        try:
+            hold = holder.transaction()
+            await hold.start()
+            await holder.execute("SELECT 1 FROM consumptions WHERE id = $1 FOR UPDATE", due_first)
+            job = asyncio.create_task(run_jobs_once(sessionmaker, settings, now=utcnow() + timedelta(hours=25)))
+            await asyncio.sleep(0.5)
+            today = asyncio.create_task(roll(client, s.merchant, [lesson(first), lesson(second)]))
+            await asyncio.sleep(0.5)
+            await hold.rollback()
+            report, recorded = await asyncio.wait_for(asyncio.gather(job, today), 30)
+        finally:
+            await holder.close()
+        assert report["services_auto_confirmed"] == 2, report
+        assert recorded.status_code == 201, recorded.text
+        assert [await held(session, card) for card in (first, second)] == [(2, 200 * YUAN)] * 2

@@ -2,11 +2,13 @@
 
 from typing import Any
 
+import asyncpg
 import pytest
 from httpx import AsyncClient
 from litestar import Litestar, get, post
 from litestar.params import JSONBody
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 
 from escrow.app import create_app
 from escrow.config import Settings
@@ -33,9 +35,17 @@ def conflict() -> None:
     raise Conflict("card card_1 is already refunded")
 
 
+@get("/t/deadlock", sync_to_thread=False)
+def deadlock() -> None:
+    try:
+        raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+    except asyncpg.PostgresError as exc:  # as the driver's error reaches a service: wrapped by SQLAlchemy
+        raise DBAPIError("SELECT …", None, exc) from exc
+
+
 @pytest.fixture
 def app(settings: Settings) -> Litestar:
-    return create_app(settings, extra_routes=[create_payment, boom, conflict])
+    return create_app(settings, extra_routes=[create_payment, boom, conflict, deadlock])
 
 
 def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -87,6 +97,11 @@ class TestProblems:
         body = assert_problem(await client.get("/t/boom"), 500, "internal_error")
         text = str(body)
         assert "hunter2" not in text and "Traceback" not in text and "db.py" not in text
+
+    async def test_a_deadlock_the_database_broke_is_a_retryable_503(self, client: AsyncClient) -> None:
+        response = await client.get("/t/deadlock")
+        body = assert_problem(response, 503, "transient_conflict")
+        assert response.headers["Retry-After"] == "1" and "nothing was changed" in body["detail"]
 
     async def test_domain_error_keeps_its_code(self, client: AsyncClient) -> None:
         body = assert_problem(await client.get("/t/conflict"), 409, "conflict")

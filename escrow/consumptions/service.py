@@ -228,60 +228,73 @@ def _check(card: db.Row, state: Any, units: int, field: str, at: str, today: dat
         )
 
 
-async def _release(session: AsyncSession, card: Card, consumption: Consumption, by: str) -> None:
-    if consumption.hold_entry_id is not None:
-        await ledger.post_pending(
-            session, consumption.hold_entry_id, principal=by, refs={"consumption_id": consumption.id}
-        )
-    card.released += consumption.amount
-    consumption.status = "confirmed"
-    consumption.resolved_at = utcnow()
-    consumption.resolved_by = by
-    mark_exhausted(card)
-
-
-# In one statement: the card's lock first (the fixed order; others' cards are never locked), then — only if
-# the service record is still pending, which an UPDATE sees as last committed — the record confirmed and the
-# release counted on the card. No row: not the caller's; NULL ``id``: not pending.
+# In one statement: the card's lock first (the fixed order; others' cards are never locked: {visible} is the
+# caller's), then — only if the service record is still in the state the confirmation expects ($5), which an
+# UPDATE sees as last committed — the record confirmed (with the resolver's note $6, if one) and the release counted
+# on the card. No row: not the caller's; NULL ``id``: not in that state.
 _CONFIRM = (
     "WITH card AS (SELECT * FROM cards"
     "   WHERE id = (SELECT card_id FROM consumptions WHERE id = $1) AND {visible} FOR NO KEY UPDATE),"
-    " confirmed AS (UPDATE consumptions SET status = 'confirmed', resolved_at = $3, resolved_by = $4"
-    "   WHERE id = $1 AND status = 'pending_confirmation' AND card_id = (SELECT id FROM card) RETURNING *),"
+    " confirmed AS (UPDATE consumptions SET status = 'confirmed', resolved_at = $3, resolved_by = $4,"
+    "   note = coalesce($6, note)"
+    "   WHERE id = $1 AND status = $5 AND card_id = (SELECT id FROM card) RETURNING *),"
     " counted AS (UPDATE cards SET released = cards.released + confirmed.amount FROM confirmed"
     "   WHERE cards.id = confirmed.card_id RETURNING cards.released)"
     " SELECT confirmed.*, card.id AS card_id_locked, card.status AS card_status, card.price AS card_price,"
     "   card.consumed AS card_consumed, card.refunded AS card_refunded, counted.released AS card_released"
     " FROM card LEFT JOIN confirmed ON true LEFT JOIN counted ON true"
 )
+_ANYONE = "$2::text IS NOT NULL"  # the background jobs see every card
 
 
-async def confirm(session: AsyncSession, principal: Principal, consumption_id: str) -> db.Row:
+async def _confirm(
+    session: AsyncSession,
+    consumption_id: str,
+    *,
+    visible: str,
+    viewer: str,
+    by: str,
+    expected: str,
+    note: str | None = None,
+) -> db.Row | None:
+    """Release a held service to the merchant (entry 2 of domain.md §4) if it is ``expected``-ly held — the one way
+    a service is confirmed, by its consumer, by the window passing, or by a dispute's resolution. Returns the
+    confirmed record, or None when it is not in that state; 404 when the card is not ``viewer``'s to see."""
     found = await db.one(
-        session,
-        _CONFIRM.format(visible=cards.visible_sql(principal, "$2")),
-        consumption_id,
-        principal.id,
-        utcnow(),
-        "consumer",
+        session, _CONFIRM.format(visible=visible), consumption_id, viewer, utcnow(), by, expected, note
     )
     if found is None:
         raise NotFound(f"no service record {consumption_id}")
-    if found.id is None:  # not pending (any more)
-        consumption = await db.one(session, "SELECT * FROM consumptions WHERE id = $1", consumption_id)
-        assert consumption is not None
-        if consumption.status == "confirmed":
-            return consumption
-        raise InvalidState(f"service record {consumption.id} is {consumption.status}")
+    if found.id is None:
+        return None
     card = db.Row(
         id=found.pop("card_id_locked"), status=found.pop("card_status"), price=found.pop("card_price"),
         consumed=found.pop("card_consumed"), refunded=found.pop("card_refunded"), released=found.pop("card_released"),
     )  # fmt: skip
     if found.hold_entry_id is not None:
-        await ledger.post_pending(session, found.hold_entry_id, principal="consumer", refs={"consumption_id": found.id})
+        await ledger.post_pending(session, found.hold_entry_id, principal=by, refs={"consumption_id": found.id})
     if mark_exhausted(card):
         await cards.save_row(session, card, "status", "closed_at")
     return found
+
+
+async def _current(session: AsyncSession, consumption_id: str) -> db.Row:
+    consumption = await db.one(session, "SELECT * FROM consumptions WHERE id = $1", consumption_id)
+    assert consumption is not None
+    return consumption
+
+
+async def confirm(session: AsyncSession, principal: Principal, consumption_id: str) -> db.Row:
+    visible = cards.visible_sql(principal, "$2")
+    confirmed = await _confirm(
+        session, consumption_id, visible=visible, viewer=principal.id, by="consumer", expected="pending_confirmation"
+    )
+    if confirmed is not None:
+        return confirmed
+    consumption = await _current(session, consumption_id)
+    if consumption.status == "confirmed":  # confirming again changes nothing
+        return consumption
+    raise InvalidState(f"service record {consumption.id} is {consumption.status}")
 
 
 async def dispute(session: AsyncSession, principal: Principal, consumption_id: str, reason: str) -> Consumption:
@@ -300,13 +313,20 @@ async def resolve(
     session: AsyncSession, principal: Principal, consumption_id: str, outcome: str, note: str | None
 ) -> Consumption:
     """The merchant or the regulator settles a dispute: the service stands (confirm) or is taken back (void)."""
+    if outcome == "confirm":
+        visible = cards.visible_sql(principal, "$2")
+        confirmed = await _confirm(
+            session, consumption_id, visible=visible, viewer=principal.id, by=principal.id, expected="disputed",
+            note=note or None,
+        )  # fmt: skip
+        if confirmed is not None:
+            return confirmed
+        consumption = await _current(session, consumption_id)
+        raise InvalidState(f"service record {consumption.id} is {consumption.status}, not disputed")
     card, consumption = await _lock(session, principal, consumption_id)
     if consumption.status != "disputed":
         raise InvalidState(f"service record {consumption.id} is {consumption.status}, not disputed")
-    if outcome == "confirm":
-        await _release(session, card, consumption, principal.id)
-    else:
-        await void(session, card, consumption, principal.id)
+    await void(session, card, consumption, principal.id)
     if note:
         consumption.note = note
     await session.flush()
@@ -357,9 +377,9 @@ async def pending_on(session: AsyncSession, card_id: str) -> list[Consumption]:
 
 async def auto_confirm(session: AsyncSession, now: datetime, limit: int) -> int:
     """Confirm services whose window passed unanswered. Returns how many were confirmed."""
-    due = list(
-        await session.scalars(
-            select(Consumption.id)
+    due = (
+        await session.execute(
+            select(Consumption.id, Consumption.card_id)
             .join(EscrowAccount, EscrowAccount.id == Consumption.escrow_account_id)
             .where(
                 Consumption.status == "pending_confirmation",
@@ -369,19 +389,22 @@ async def auto_confirm(session: AsyncSession, now: datetime, limit: int) -> int:
             .order_by(Consumption.confirm_by)
             .limit(limit)
         )
-    )
+    ).all()
+    if not due:
+        return 0
+    # Every card of the batch is locked first, in id order, as a class roll locks its cards: a batch that locked
+    # them one by one in another order could hold one a roll waits for while waiting for one the roll holds.
+    await db.fetch(session, _LOCK_IN_ORDER, sorted({card_id for _, card_id in due}))
     done = 0
-    for consumption_id in due:
-        consumption = await session.get(Consumption, consumption_id)
-        assert consumption is not None
-        card = await cards.lock(session, consumption.card_id)
-        consumption = await session.get(Consumption, consumption_id, with_for_update=True, populate_existing=True)
-        if consumption is None or consumption.status != "pending_confirmation":
-            continue  # answered meanwhile
-        await _release(session, card, consumption, "auto")
-        done += 1
-    await session.flush()
+    for consumption_id, _ in due:
+        confirmed = await _confirm(
+            session, consumption_id, visible=_ANYONE, viewer="system:auto", by="auto", expected="pending_confirmation"
+        )
+        done += confirmed is not None  # else answered meanwhile
     return done
+
+
+_LOCK_IN_ORDER = "SELECT id FROM cards WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"
 
 
 @dataclass(frozen=True)
