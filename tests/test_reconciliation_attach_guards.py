@@ -1,9 +1,13 @@
 """Attaching a statement line to a card never lets one bank transaction pay two cards."""
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from escrow.cards import service as cards
+from escrow.config import Settings
+from escrow.ledger.errors import DuplicateMovement
 from tests.parties import bearer, key
 from tests.reconciling import PRICE, breaks, credit, desk, resolve, send, statement_json
 
@@ -60,3 +64,19 @@ async def test_a_duplicated_line_does_not_pay_a_second_card(client: httpx.AsyncC
     assert await paid_by(session, paid.bank_transaction_id) == [paid.card_id]
     card = await client.get(f"/v1/cards/{unpaid.card_id}", headers=bearer(shop.merchant.token))
     assert card.json()["status"] == "awaiting_payment"
+
+
+async def test_the_ledger_refuses_a_second_payment_by_one_transaction_however_told(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    """The last line of defence, for a deposit report and an attachment that race past the checks above: both
+    pay a card with the same ledger reference, whose unique index refuses the second."""
+    shop = await desk(client, session)
+    paid = await shop.deposit()
+    unpaid = await shop.sell_unpaid()
+    card = await cards.lock_payable(session, unpaid.card_id)
+    assert card is not None and card.status == "awaiting_payment"
+    with pytest.raises(DuplicateMovement):
+        await cards.activate_paid(session, settings, card, "system:test", paid.bank_transaction_id, "statement")
+    await session.rollback()
+    assert await paid_by(session, paid.bank_transaction_id) == [paid.card_id]

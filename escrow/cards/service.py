@@ -352,6 +352,14 @@ async def activate_paid(
     return card
 
 
+def payment_ref(how: str, bank_transaction_id: str) -> str:
+    """The ledger's idempotency reference of a card's payment. A bank transaction pays one card, however it was
+    told (a deposit the bank reported, a statement line reconciliation attached): one reference for both, so the
+    ledger's unique index refuses a second payment by the same transaction in the escrow account even when the
+    two race past the checks before it."""
+    return f"{'transfer' if how == 'transfer' else 'paid'}:{bank_transaction_id}"
+
+
 async def _post_paid(
     session: AsyncSession, card: Card | db.Row, principal: str, bank_transaction_id: str, how: str
 ) -> None:
@@ -371,7 +379,7 @@ async def _post_paid(
             legs,
             refs={"card_id": card.id, "bank_transaction_id": bank_transaction_id, "paid_by": how},
             principal=principal,
-            idempotency_ref=f"{how}:{bank_transaction_id}",
+            idempotency_ref=payment_ref(how, bank_transaction_id),
         ),
     )
 

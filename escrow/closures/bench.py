@@ -335,7 +335,7 @@ async def _cards_chunk(
                 legs,
                 refs={"card_id": card_id, "bank_transaction_id": transaction_id, "paid_by": "deposit"},
                 principal=bank_id,
-                idempotency_ref=f"deposit:{transaction_id}",
+                idempotency_ref=cards.payment_ref("deposit", transaction_id),
             )
         )
     await session.execute(
