@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from escrow import db
 from escrow.errors import EscrowError
 from escrow.models import IdempotencyKey
 
@@ -52,19 +53,23 @@ class StoredResponse:
     body: bytes
 
 
-SECRET_SHOWN_ONCE = StoredResponse(
-    409,
-    "application/problem+json",
-    json.dumps(
-        {
-            "type": "urn:escrow:problem:secret_already_issued",
-            "title": "Already done; its secret was shown once",
-            "status": 409,
-            "detail": "This request already succeeded. Secrets are shown once and not kept: rotate the token, or "
-            "ask for a new code, to get a new one.",
-            "code": "secret_already_issued",
-        }
-    ).encode(),
+def refusal(exc: EscrowError) -> StoredResponse:
+    """A refusal as a response to send as it is (problem+json), where no exception handler is left to render it."""
+    body = {"type": f"urn:escrow:problem:{exc.code}", "title": exc.title, "status": exc.status, "detail": exc.detail}
+    return StoredResponse(exc.status, "application/problem+json", json.dumps({**body, "code": exc.code}).encode())
+
+
+class SecretAlreadyIssued(EscrowError):
+    code = "secret_already_issued"
+    status = 409
+    title = "Already done; its secret was shown once"
+
+
+SECRET_SHOWN_ONCE = refusal(
+    SecretAlreadyIssued(
+        "This request already succeeded. Secrets are shown once and not kept: rotate the token, or ask for a new "
+        "code, to get a new one."
+    )
 )
 
 
@@ -127,6 +132,22 @@ def claimed(row: Any, claim: Claim) -> StoredResponse | None:
             errors=[{"field": "Idempotency-Key", "message": "already used with a different method, path or body"}],
         )
     return StoredResponse(row["idem_status"], row["idem_content_type"], row["idem_body"])
+
+
+_STORED = (
+    "SELECT true AS idem_acquired, request_hash AS idem_hash, status AS idem_status,"
+    " content_type AS idem_content_type, body AS idem_body"
+    " FROM idempotency_keys WHERE caller = $1 AND key = $2 AND expires_at > now()"
+)
+
+
+async def stored_meanwhile(session: AsyncSession, caller: str, claim: Claim) -> StoredResponse | None:
+    """The response stored under the claim's key for the same request, if there is one now (read in a new
+    transaction, after the request's own was rolled back)."""
+    row = await db.fetchrow(session, _STORED, caller, claim.key)
+    if row is None or row["idem_hash"] != claim.fingerprint:
+        return None
+    return claimed(row, claim)
 
 
 # Record the response ($1 caller, $2 key, $3 fingerprint, $4 status, $5 content type, $6 body, $7 seconds to

@@ -65,14 +65,27 @@ class _HeldResponse:
             await send(message)
 
 
-async def _send_replay(send: Send, stored: idempotency.StoredResponse) -> None:
+async def _send_replay(send: Send, stored: idempotency.StoredResponse, *, replayed: bool = True) -> None:
     headers = [
         (b"content-type", stored.content_type.encode()),
         (b"content-length", str(len(stored.body)).encode()),
-        (b"idempotency-replayed", b"true"),
     ]
+    if replayed:
+        headers.append((b"idempotency-replayed", b"true"))
     await send({"type": "http.response.start", "status": stored.status, "headers": headers})
     await send({"type": "http.response.body", "body": stored.body, "more_body": False})
+
+
+async def _replay_first(session: AsyncSession, scope: Scope, send: Send, claim: idempotency.Claim) -> int | None:
+    """After this request's rollback: answer with the response a first request with the same key stored
+    meanwhile, if there is one (None: there is none)."""
+    await session.rollback()
+    first = await idempotency.stored_meanwhile(session, caller_of(scope), claim)
+    if first is None:
+        return None
+    await audit.record_after_rollback(session, scope, first.status, body=first.body, outcome="replayed")
+    await _send_replay(send, first)
+    return first.status
 
 
 class UnitOfWorkMiddleware:
@@ -92,22 +105,15 @@ class UnitOfWorkMiddleware:
         async with state.sessionmaker() as session:
             scope["state"][SESSION_KEY] = session
             try:
-                claim: idempotency.Claim | None = None
+                key: str | None = None
                 refusal: EscrowError | None = None  # a bad key: refused once the caller is known
                 if unsafe and scope["route_handler"].opt.get("idempotent", True):
                     try:
                         key = idempotency.validate_key(Headers.from_scope(scope).get(idempotency.HEADER))
-                        # Reading the body here caches it on the connection, so the handler reads the same bytes;
-                        # Litestar enforces the body size limit while reading (413).
-                        body = await Request(scope, receive).body()
-                        fingerprint = idempotency.request_hash(
-                            scope["method"], scope["path"], scope.get("query_string", b""), body
-                        )
-                        claim = idempotency.Claim(key, fingerprint)
                     except EscrowError as exc:
                         refusal = exc
                 try:
-                    principal, claim_row = await authenticate_request(session, scope, receive, state, claim)
+                    principal, claim_row = await authenticate_request(session, scope, receive, state, key)
                 except Unauthenticated as exc:
                     if unsafe:
                         await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
@@ -116,10 +122,22 @@ class UnitOfWorkMiddleware:
                     _failed_authentication(state.limiter, source)
                     raise
                 scope["state"][PRINCIPAL_KEY] = principal
+                claim: idempotency.Claim | None = None
+                stored: idempotency.StoredResponse | None = None
                 try:
                     if refusal is not None:
                         raise refusal
-                    stored = idempotency.claimed(claim_row, claim) if claim is not None else None
+                    if key is not None:
+                        # Reading the body here caches it on the connection, so the handler reads the same bytes;
+                        # Litestar enforces the body size limit while reading (413).
+                        body = await Request(scope, receive).body()
+                        claim = idempotency.Claim(
+                            key,
+                            idempotency.request_hash(
+                                scope["method"], scope["path"], scope.get("query_string", b""), body
+                            ),
+                        )
+                        stored = idempotency.claimed(claim_row, claim)
                 except EscrowError as exc:  # a bad key (400), or in flight (409), or a different request (422)
                     await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
                     raise
@@ -172,14 +190,23 @@ class UnitOfWorkMiddleware:
                 kept = idempotency.SECRET_SHOWN_ONCE if scope["route_handler"].opt.get("secret_response") else response
                 values = idempotency.store_values(caller_of(scope), claim, kept, settings.idempotency_ttl_seconds)
                 if not await db.fetchval(session, _STORE_AND_AUDIT, *values, *record):
-                    # The first request with this key committed after this one claimed it: this one must not count.
+                    # The first request with this key committed after this one claimed it (after the claim's
+                    # read, before its lock): this one must not count; its answer is the first one's.
+                    replayed = await _replay_first(session, scope, send, claim)
+                    if replayed is not None:
+                        return replayed
                     exc = idempotency.IdempotencyInFlight(
                         "A request with this Idempotency-Key finished meanwhile; retry to get its response."
                     )
                     await audit.record_after_rollback(session, scope, exc.status, detail={"code": exc.code})
-                    raise exc
+                    await _send_replay(send, idempotency.refusal(exc), replayed=False)
+                    return exc.status
             await session.commit()
         else:
+            # A refusal of a request whose key another one (a retry) committed meanwhile gets that one's answer.
+            replayed = await _replay_first(session, scope, send, claim) if claim else None
+            if replayed is not None:
+                return replayed
             await audit.record_after_rollback(
                 session,
                 scope,

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 from httpx import AsyncClient
-from litestar import Litestar, post
+from litestar import Litestar, Request, post
 from litestar.params import JSONBody
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -48,16 +48,65 @@ async def slow(db_session: DbSession) -> dict[str, str]:
     return {"status": "done"}
 
 
+async def _first_request_committed_meanwhile(request: Request) -> None:
+    """What a first request with the same key leaves behind when it commits while this one runs: its response,
+    stored under the key (on a connection of its own)."""
+    fingerprint = idempotency.request_hash(request.method, request.url.path, b"", await request.body())
+    async with request.app.state.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, status, content_type, body, expires_at)"
+                " VALUES ('anonymous', :key, :hash, 201, 'application/json', :body, now() + interval '1 hour')"
+            ),
+            {"key": request.headers["idempotency-key"], "hash": fingerprint, "body": b'{"first": true}'},
+        )
+
+
+@post("/t/raced-refusal")
+async def raced_refusal(request: Request, db_session: DbSession) -> None:
+    await db_session.execute(text("INSERT INTO t_deposits (amount) VALUES (3)"))
+    await _first_request_committed_meanwhile(request)
+    raise Conflict("already done: the first request did it")
+
+
+@post("/t/raced-success", status_code=201)
+async def raced_success(request: Request, db_session: DbSession) -> dict[str, bool]:
+    await db_session.execute(text("INSERT INTO t_deposits (amount) VALUES (4)"))
+    await _first_request_committed_meanwhile(request)
+    return {"first": False}
+
+
 @pytest.fixture
 async def app(settings: Settings, engine: AsyncEngine) -> Litestar:
     async with engine.begin() as connection:
         await connection.execute(text("CREATE TABLE t_deposits (id serial PRIMARY KEY, amount bigint NOT NULL)"))
-    return create_app(settings, extra_routes=[make_deposit, refused, slow])
+    return create_app(settings, extra_routes=[make_deposit, refused, slow, raced_refusal, raced_success])
 
 
 async def count_deposits(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         return await connection.scalar(text("SELECT count(*) FROM t_deposits"))
+
+
+class TestARetryThatFinishedMeanwhile:
+    """The claim reads the key and takes its lock in one statement: a first request that commits after that
+    statement's snapshot, before its lock, is not seen by the claim — but is seen at the end."""
+
+    async def test_a_refusal_gives_the_first_requests_response_instead(
+        self, client: AsyncClient, engine: AsyncEngine
+    ) -> None:
+        response = await client.post("/t/raced-refusal", headers={"Idempotency-Key": "raced-1"})
+        assert response.status_code == 201 and response.json() == {"first": True}
+        assert response.headers["idempotency-replayed"] == "true"
+        assert await count_deposits(engine) == 0
+
+    async def test_a_success_does_not_count_and_gives_the_first_response(
+        self, client: AsyncClient, engine: AsyncEngine
+    ) -> None:
+        response = await client.post("/t/raced-success", headers={"Idempotency-Key": "raced-2"})
+        assert response.status_code == 201 and response.json() == {"first": True}
+        assert response.headers["idempotency-replayed"] == "true"
+        assert await count_deposits(engine) == 0  # this request's own write was rolled back
 
 
 class TestIdempotency:

@@ -64,22 +64,22 @@ _NONCE = "INSERT INTO bank_nonces (bank_id, nonce) VALUES ($1, $2) ON CONFLICT D
 
 
 async def authenticate_request(
-    session: AsyncSession, scope: Scope, receive: Receive, state: Any, claim: idempotency.Claim | None = None
+    session: AsyncSession, scope: Scope, receive: Receive, state: Any, key: str | None = None
 ) -> tuple[Principal | None, Any]:
-    """The caller (None without credentials; 401 for bad ones) and, for a ``claim``, the row of its claim, read
-    in the same round trip (:func:`idempotency.claimed` tells what it means)."""
+    """The caller (None without credentials; 401 for bad ones) and, with an Idempotency-Key, the row of its claim,
+    read in the same round trip (:func:`idempotency.claimed` tells what it means)."""
     authorization = Headers.from_scope(scope).get("authorization")
     secret = bearer_secret(authorization)
     if secret is not None and is_bank_secret(secret):
         principal = await _authenticate_bank(session, scope, receive, state, secret)
-        if claim is None:
+        if key is None:
             return principal, None
-        return principal, await db.fetchrow(session, _CLAIM, principal.id, claim.key)
-    if claim is None:
-        return await authenticate(session, authorization), None
-    token_hash = hash_secret(secret) if secret is not None else None
-    row = await db.fetchrow(session, _TOKEN_AND_CLAIM, token_hash, claim.key)
-    principal = principal_from(row) if secret is not None else None
+        return principal, await db.fetchrow(session, _CLAIM, principal.id, key)
+    if key is None:
+        principal, row = await authenticate(session, authorization), None
+    else:
+        row = await db.fetchrow(session, _TOKEN_AND_CLAIM, hash_secret(secret) if secret else None, key)
+        principal = principal_from(row) if secret is not None else None
     if principal is not None and principal.role == "bank":  # a bank token without its prefix: never issued
         raise InvalidToken("The token is unknown or revoked.")
     return principal, row
