@@ -110,8 +110,8 @@ _RECORD = (
     "   hold_entry_id, note, confirm_by)"
     " SELECT u.id, u.card_id, u.book, u.units, u.amount, u.protected, 'pending_confirmation', u.hold, $8, $9"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])"
-    "   WITH ORDINALITY AS u(id, card_id, book, units, amount, protected, hold, n)"
-    " ORDER BY u.n RETURNING *"
+    "   AS u(id, card_id, book, units, amount, protected, hold)"
+    " RETURNING *"
 )
 
 
@@ -184,7 +184,8 @@ async def record_many(
         [c.consumed for c in changed],
         [c.protected_out for c in changed],
     )
-    return [db.Row(row.items()) for row in recorded]
+    by_service = {row["id"]: db.Row(row.items()) for row in recorded}
+    return [by_service[h.id] for h in held]  # in the order given (RETURNING promises no order)
 
 
 def _item(at: str, field: str, message: str) -> list[dict[str, str]] | None:
