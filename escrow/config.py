@@ -105,9 +105,10 @@ class Settings(BaseSettings):
     )
     # --- reconciliation: domain.md §6 ---
     statement_max_bytes: int = Field(
-        default=32 * 1024 * 1024,
+        default=8 * 1024 * 1024,
         ge=1024,
-        description="Largest statement a bank may send over the API (JSON or camt.053), refused before parsing.",
+        description="Largest statement a bank may send over the API (JSON or camt.053), refused before parsing; "
+        "larger files go through `escrow reconcile FILE`.",
     )
     statement_file_max_bytes: int = Field(
         default=2 * 1024 * 1024 * 1024,

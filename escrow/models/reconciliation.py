@@ -174,6 +174,9 @@ class ReconciliationMatch(Base):
             unique=True,
             postgresql_where=text(f"rule IN ({', '.join(repr(r) for r in PRIMARY_RULES)})"),
         ),
+        # a line's state and a statement's replacement read matches by line, whatever their rule; runs by account
+        Index("ix_reconciliation_matches_line", "statement_id", "line_no"),
+        Index("ix_reconciliation_matches_account", "escrow_account_id"),
     )
 
     posting_id: Mapped[int] = mapped_column(ForeignKey("custody_movements.posting_id"), primary_key=True)

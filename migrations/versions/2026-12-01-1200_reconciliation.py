@@ -272,6 +272,9 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("rule IN ('service_reference', 'bank_reference', 'amount_date', 'attached')"),
     )
+    # a line's state and a statement's replacement read matches by line, whatever their rule; runs by account
+    op.create_index("ix_reconciliation_matches_line", "reconciliation_matches", ["statement_id", "line_no"])
+    op.create_index("ix_reconciliation_matches_account", "reconciliation_matches", ["escrow_account_id"])
     run_script(op.get_bind(), EVIDENCE)
 
 
@@ -304,6 +307,8 @@ CREATE TRIGGER bank_statements_content_fixed BEFORE UPDATE ON bank_statements
 def downgrade() -> None:
     op.execute("DROP TRIGGER bank_statements_content_fixed ON bank_statements")
     op.execute("DROP TRIGGER bank_statements_no_delete ON bank_statements")
+    op.drop_index("ix_reconciliation_matches_account", table_name="reconciliation_matches")
+    op.drop_index("ix_reconciliation_matches_line", table_name="reconciliation_matches")
     op.drop_index(
         "uq_reconciliation_matches_primary",
         table_name="reconciliation_matches",
