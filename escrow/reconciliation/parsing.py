@@ -5,8 +5,9 @@ ISO 20022 camt.053 documents (one or many ``Stmt`` per file) are read with lxml'
 never resolved, no network and no DTD are loaded, and a document that declares a DTD at all is refused before
 its first element is read — one ``Ntry`` at a time, each entry and statement freed with what came before it once
 read, so memory stays bounded whatever the number of entries (elements outside the entries are freed only at the
-next entry or statement: a hostile document costs memory in proportion to its size, hence the size limits). Amounts are parsed with ``Decimal`` into exact fen: more than two decimals, a currency
-other than CNY or a zero amount is refused, naming the element and its line.
+next entry or statement: a hostile document costs memory in proportion to its size, hence the size limits).
+Amounts are parsed with ``Decimal`` into exact fen: more than two decimals, a currency other than CNY or a zero
+amount is refused, naming the element and its line.
 """
 
 import re
