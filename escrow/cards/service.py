@@ -261,11 +261,15 @@ async def sell(session: AsyncSession, settings: Settings, principal: Principal, 
 # The card a payment reference names, locked, with what else the deposit depends on ($1 reference, $2 bank,
 # $3 bank transaction id): an earlier refusal of this bank transaction, and a card it already paid (one bank
 # transaction pays one card, never two). For an unknown reference, the same without the card.
+# The card a bank's transaction already paid: one pays one card, never two.
+_PAID_CARD = (
+    "(SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
+    " WHERE c.deposit_transaction_id = {transaction} AND a.bank_id = {bank} LIMIT 1)"
+)
 _HISTORY = (
     "(SELECT detail FROM unapplied_deposits WHERE bank_id = $2 AND bank_transaction_id = $3) AS refused,"
     " (SELECT reason FROM unapplied_deposits WHERE bank_id = $2 AND bank_transaction_id = $3) AS refused_reason,"
-    " (SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
-    "   WHERE c.deposit_transaction_id = $3 AND a.bank_id = $2 LIMIT 1) AS paid_card"
+    f" {_PAID_CARD.format(bank='$2', transaction='$3')} AS paid_card"
 )
 _PAYABLE = "c.*, a.bank_id AS account_bank_id, a.status AS account_status, p.validity_days"
 _PAYABLE_FROM = " FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id JOIN plans p ON p.id = c.plan_id"
@@ -328,6 +332,14 @@ async def confirm_deposit(
     if card.account_status != "active":
         raise refuse("account_not_active", f"escrow account {card.escrow_account_id} is {card.account_status}", 409)
     return await activate_paid(session, settings, card, principal.id, data.bank_transaction_id, "deposit")
+
+
+_PAID_BY = f"SELECT {_PAID_CARD.format(bank='$1', transaction='$2')}"
+
+
+async def paid_by(session: AsyncSession, bank_id: str, bank_transaction_id: str) -> str | None:
+    """The card a bank's transaction already paid, if any (however the payment was told: reported or attached)."""
+    return await db.fetchval(session, _PAID_BY, bank_id, bank_transaction_id)
 
 
 async def lock_payable(session: AsyncSession, card_id: str) -> db.Row | None:

@@ -451,13 +451,7 @@ async def _attach(
         raise ResolutionRefused(f"card {card.id} costs {card.price} fen; the deposit is {line.amount} fen")
     if card.account_status != "active":
         raise ResolutionRefused(f"escrow account {card.escrow_account_id} is not active: it takes no payments")
-    paid = await session.scalar(  # one bank transaction pays one card, never two (as for a reported deposit)
-        text(
-            "SELECT c.id FROM cards c JOIN escrow_accounts a ON a.id = c.escrow_account_id"
-            " WHERE c.deposit_transaction_id = :transaction AND a.bank_id = :bank LIMIT 1"
-        ),
-        {"transaction": line.bank_transaction_id, "bank": found.bank_id},
-    )
+    paid = await cards.paid_by(session, found.bank_id, line.bank_transaction_id)  # as for a reported deposit
     if paid is not None:
         raise ResolutionRefused(f"bank transaction {line.bank_transaction_id} already paid card {paid}")
     await cards.activate_paid(session, settings, card, principal, line.bank_transaction_id, "statement")
