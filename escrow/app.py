@@ -5,8 +5,9 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager, suppress
 
 from litestar import Litestar, Request
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
+from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from escrow.audit import endpoints as audit_endpoints
@@ -25,12 +26,14 @@ from escrow.escrow_accounts import endpoints as escrow_endpoints
 from escrow.fund import endpoints as fund_endpoints
 from escrow.health.endpoints import healthz, readyz
 from escrow.jobs import run_periodically, seal_periodically
+from escrow.kit.body import EdgeRequest, StrictBodyPlugin
 from escrow.kit.crypto import Keyring
+from escrow.kit.params import TYPE_DECODERS, ParameterSchemas
 from escrow.ledger.endpoints import verify_ledger
 from escrow.logs import RequestLogMiddleware, configure_logging
 from escrow.merchants import endpoints as merchant_endpoints
 from escrow.migrate import head_revision
-from escrow.openapi import docs, openapi_config, openapi_json
+from escrow.openapi import STATIC, docs, openapi_config, openapi_json
 from escrow.payouts import endpoints as payout_endpoints
 from escrow.plans import endpoints as plan_endpoints
 from escrow.reconciliation import endpoints as reconciliation_endpoints
@@ -42,6 +45,13 @@ ROUTES: list[ControllerRouterHandler] = [
     readyz,
     openapi_json,
     docs,
+    create_static_files_router(
+        path="/static",
+        directories=[STATIC],
+        name="static",
+        include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=86400, public=True),
+    ),
     auth_endpoints.me,
     auth_endpoints.list_tokens,
     auth_endpoints.create_regulator_token,
@@ -164,6 +174,10 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
         },
         middleware=[UnitOfWorkMiddleware],
         exception_handlers=exception_handlers,
+        # the edge: bodies read strictly (escrow.kit.body), parameters typed and bounded (escrow.kit.params)
+        request_class=EdgeRequest,
+        plugins=[StrictBodyPlugin(), ParameterSchemas()],
+        type_decoders=TYPE_DECODERS,
         lifespan=[database],
         openapi_config=openapi_config(),
         request_max_body_size=settings.max_body_bytes,

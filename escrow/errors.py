@@ -9,7 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("escrow.errors")
@@ -37,8 +37,8 @@ class FieldInvalid(EscrowError):
     status = 422
     title = "Validation failed"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", errors=[{"field": field, "message": message}])
+    def __init__(self, field: str, message: str, *, rule: str = "invalid") -> None:
+        super().__init__(f"{field}: {message}", errors=[{"field": field, "rule": rule, "message": message}])
 
 
 class NotFound(EscrowError):
@@ -64,7 +64,8 @@ def problem(
         "code": code,
     }
     if errors:
-        body["errors"] = errors
+        # every field error names its rule; a domain refusal that gave none breaks the field's general rule
+        body["errors"] = [{"rule": "invalid", **error} for error in errors]
     body.update(extra)
     return Response(content=body, status_code=status, media_type=PROBLEM_JSON)
 
@@ -89,20 +90,59 @@ def _escrow_error(request: Request, exc: EscrowError) -> Response[dict[str, Any]
 
 def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:
     raw = exc.extra if isinstance(exc.extra, list) else []
-    errors = [
-        {"field": _field_of(item.get("key"), item.get("source")), "message": str(item.get("message"))}
-        for item in raw
-        if isinstance(item, dict)
-    ]
+    errors = [_parameter_error(item) for item in raw if isinstance(item, dict)]
     if not errors:
         # Litestar raises ValidationException for an undecodable body too: that is a 400, not a field error.
         return problem(400, "malformed_body", "Malformed request body", str(exc.detail))
-    return problem(422, "validation_failed", "Validation failed", "One or more fields are invalid.", errors)
+    return _field_errors(errors)
+
+
+def _field_errors(errors: list[dict[str, str]]) -> Response[dict[str, Any]]:
+    return problem(422, "validation_failed", "Validation failed", summarize(errors), errors)
+
+
+def summarize(errors: list[dict[str, str]]) -> str:
+    """A problem's detail naming its first field errors."""
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5]) + ("; …" if len(errors) > 5 else "")
+
+
+# msgspec's wording of a path or query parameter's broken rule, and the rule's name in our problem documents
+_PARAMETER_RULES = (
+    ("matching regex", "pattern"),
+    ("length <=", "max_length"),
+    ("length >=", "min_length"),
+    ("Expected `int`", "int_type"),
+    ("Expected `bool`", "bool_type"),
+    ("Expected `str`", "string_type"),
+    (">=", "greater_than_equal"),
+    ("<=", "less_than_equal"),
+    ("Invalid enum value", "enum"),
+    ("Missing required", "missing"),
+)
+
+
+def _parameter_error(item: dict[str, Any]) -> dict[str, str]:
+    message = str(item.get("message"))
+    rule = next((name for wording, name in _PARAMETER_RULES if wording in message), "invalid")
+    if message.startswith("Expected `str` matching regex"):
+        message = "is not in the form this parameter takes" + (
+            " (an id such as card_01J…)" if "[a-z]{2,8}_" in message else ""
+        )
+    # a type decoder's refusal (escrow.kit.params) comes wrapped: keep its own words
+    message = message.split(" - at `")[0]
+    return {"field": _field_of(item.get("key"), item.get("source")), "rule": rule, "message": message}
 
 
 def _pydantic_error(_: Request, exc: ValidationError) -> Response[dict[str, Any]]:
-    errors = [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in exc.errors()]
-    return problem(422, "validation_failed", "Validation failed", "One or more fields are invalid.", errors)
+    return _field_errors(pydantic_field_errors(exc))
+
+
+def pydantic_field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """A pydantic validation error as problem+json field errors: the field's dotted path, the rule, the words."""
+    return [
+        {"field": ".".join(str(p) for p in err["loc"]) or "body", "rule": err["type"], "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 _HTTP_CODES = {
@@ -185,19 +225,23 @@ exception_handlers: dict[type[Exception] | int, Any] = {
 
 
 class FieldError(BaseModel):
-    field: str
-    message: str
+    """One field's broken rule."""
+
+    field: str = Field(description="The field, dotted for nested ones (`price.amount`, `services.3.sessions`).")
+    rule: str = Field(description="The rule it breaks, a stable name (`int_type`, `pattern`, `extra_forbidden`…).")
+    message: str = Field(description="The rule in words.")
+    line: int | None = Field(default=None, description="Statements: the line of the file at fault.")
 
 
 class Problem(BaseModel):
     """RFC 9457 problem details, as every error response carries them."""
 
-    type: str
+    type: str = Field(description="urn:escrow:problem:<code>")
     title: str
     status: int
     detail: str
-    code: str
-    errors: list[FieldError] | None = None
+    code: str = Field(description="Stable machine-readable code of the problem.")
+    errors: list[FieldError] | None = Field(default=None, description="Validation failures, one per field.")
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:

@@ -19,7 +19,8 @@ from escrow.errors import EscrowError
 from escrow.models import IdempotencyKey
 
 HEADER = "idempotency-key"
-_VALID_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
+_VALID_KEY = re.compile(KEY_PATTERN)
 
 
 class IdempotencyKeyRequired(EscrowError):
@@ -77,12 +78,14 @@ def validate_key(key: str | None) -> str:
     if key is None:
         raise IdempotencyKeyRequired(
             "State-changing requests need an Idempotency-Key header (1-255 printable characters).",
-            errors=[{"field": "Idempotency-Key", "message": "required"}],
+            errors=[{"field": "Idempotency-Key", "rule": "missing", "message": "required"}],
         )
     if not _VALID_KEY.match(key):
         raise IdempotencyKeyInvalid(
             "Idempotency-Key must be 1-255 printable ASCII characters.",
-            errors=[{"field": "Idempotency-Key", "message": "must be 1-255 printable ASCII characters"}],
+            errors=[
+                {"field": "Idempotency-Key", "rule": "pattern", "message": "must be 1-255 printable ASCII characters"}
+            ],
         )
     return key
 
@@ -129,7 +132,13 @@ def claimed(row: Any, claim: Claim) -> StoredResponse | None:
     if row["idem_hash"] != claim.fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was used for a different request; use a new key for a new request.",
-            errors=[{"field": "Idempotency-Key", "message": "already used with a different method, path or body"}],
+            errors=[
+                {
+                    "field": "Idempotency-Key",
+                    "rule": "reused",
+                    "message": "already used with a different method, path or body",
+                }
+            ],
         )
     return StoredResponse(row["idem_status"], row["idem_content_type"], row["idem_body"])
 

@@ -149,7 +149,7 @@ class TestAllOrNothing:
         assert refused.status_code == 409, refused.text
         problem = refused.json()
         assert problem["code"] == "exceeds_remaining"
-        assert problem["errors"] == [{"field": "services[1].sessions", "message": "at most 0"}]
+        assert problem["errors"] == [{"field": "services[1].sessions", "rule": "units_left", "message": "at most 0"}]
         assert [await held(session, card) for card in (s.cards[0], s.cards[2])] == [(0, 0), (0, 0)]
 
     async def test_another_merchants_card_is_not_found_and_nothing_is_held(
@@ -191,7 +191,9 @@ class TestAllOrNothing:
         assert requested.status_code == 201 and requested.json()["status"] == "requested", requested.text
         refused = await roll(client, s.merchant, [lesson(card) for card in s.cards])
         assert refused.status_code == 409 and refused.json()["code"] == "refund_in_progress"
-        assert refused.json()["errors"] == [{"field": "services[2].card_id", "message": "refund requested"}]
+        assert refused.json()["errors"] == [
+            {"field": "services[2].card_id", "rule": "refund_open", "message": "refund requested"}
+        ]
 
     async def test_a_frozen_escrow_account_refuses_the_roll(
         self, client: httpx.AsyncClient, session: AsyncSession

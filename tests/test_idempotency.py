@@ -146,7 +146,7 @@ class TestIdempotency:
         assert response.status_code == 400
         body = response.json()
         assert body["code"] == "idempotency_key_required"
-        assert body["errors"] == [{"field": "Idempotency-Key", "message": "required"}]
+        assert body["errors"] == [{"field": "Idempotency-Key", "rule": "missing", "message": "required"}]
         assert await count_deposits(engine) == 0
 
     @pytest.mark.parametrize("key", ["", "x" * 256, "naïve", "tab\tkey"])

@@ -17,10 +17,15 @@ from escrow.models import AuditRecord
 AUDIT_DETAIL = "audit_detail"  # scope state key: what a handler adds to its request's audit record
 
 
+OBJECT_ID_MAX = 80  # audit_records.object_id
+
+
 def _object_id(scope: Scope, body: bytes | None) -> str | None:
     params = scope.get("path_params") or {}
     if params:
-        return str(next(iter(params.values())))
+        # As the caller sent it, which may be anything (a refused request's record is kept too): cut to the
+        # column's size, with what PostgreSQL text can't hold replaced.
+        return str(next(iter(params.values())))[:OBJECT_ID_MAX].replace("\x00", "\ufffd")
     if not body:
         return None
     try:

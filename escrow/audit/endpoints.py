@@ -1,8 +1,7 @@
 """The regulator's view of the audit trail: filter by who, what, which object, outcome and time."""
 
-import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import get
 from litestar.params import FromQuery, QueryParameter
@@ -11,8 +10,9 @@ from sqlalchemy import select
 
 from escrow.auth.guards import requires
 from escrow.deps import DbSession
-from escrow.errors import FieldInvalid, problem_responses
-from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
+from escrow.errors import problem_responses
+from escrow.kit.pagination import Page, decode_cursor, int8, page_of
+from escrow.kit.params import Cursor, Instant, Limit, query_id
 from escrow.models import AuditRecord
 
 
@@ -40,16 +40,24 @@ class AuditOut(BaseModel):
 )
 async def list_audit(
     db_session: DbSession,
-    principal_id: FromQuery[str | None] = None,
-    action: Annotated[str | None, QueryParameter(description="Exact action, e.g. 'POST /v1/merchants'")] = None,
-    object_id: FromQuery[str | None] = None,
-    outcome: FromQuery[str | None] = None,
-    since: FromQuery[datetime | None] = None,
-    until: FromQuery[datetime | None] = None,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    principal_id: Annotated[str | None, query_id("principal")] = None,
+    action: Annotated[
+        str | None,
+        QueryParameter(
+            description="Exact action, e.g. 'POST /v1/merchants'", pattern=r"^[A-Z]+ /[!-~]*$", max_length=200
+        ),
+    ] = None,
+    object_id: Annotated[
+        str | None,
+        QueryParameter(description="The object's id, as the record holds it", pattern=r"^[!-~]+$", max_length=80),
+    ] = None,
+    outcome: FromQuery[Literal["done", "refused", "failed", "replayed"] | None] = None,
+    since: FromQuery[Instant | None] = None,
+    until: FromQuery[Instant | None] = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[AuditOut]:
-    query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(check_limit(limit) + 1)
+    query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit + 1)
     for column, value in (
         (AuditRecord.principal_id, principal_id),
         (AuditRecord.action, action),
@@ -62,10 +70,8 @@ async def list_audit(
         query = query.where(AuditRecord.at >= since)
     if until is not None:
         query = query.where(AuditRecord.at < until)
-    before = decode_cursor(cursor)
+    before = decode_cursor(cursor, int8)
     if before is not None:
-        if not re.fullmatch(r"[0-9]{1,18}", before):
-            raise FieldInvalid("cursor", "is not a cursor this service issued")
-        query = query.where(AuditRecord.id < int(before))
+        query = query.where(AuditRecord.id < before)
     rows = list(await db_session.scalars(query))
     return page_of(rows, limit, AuditOut.model_validate, lambda r: r.id)

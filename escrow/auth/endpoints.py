@@ -1,15 +1,18 @@
 """Who am I, and my tokens: list, rotate, revoke (the regulator: everyone's, and new regulator tokens)."""
 
 from datetime import datetime
+from typing import Annotated
 
 from litestar import get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 from pydantic import BaseModel, ConfigDict, Field
 
 from escrow.auth import tokens
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, PrincipalDep
 from escrow.errors import problem_responses
+from escrow.kit.body import RequestModel
+from escrow.kit.params import path_id
 
 TAGS = ["access"]
 ANYONE_SIGNED_IN = ("regulator", "bank", "merchant", "consumer")
@@ -38,7 +41,7 @@ class TokenIssued(BaseModel):
     secret: str = Field(description="Shown once; only its hash is stored.")
 
 
-class RegulatorTokenCreate(BaseModel):
+class RegulatorTokenCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200)
 
 
@@ -79,7 +82,9 @@ async def create_regulator_token(data: JSONBody[RegulatorTokenCreate], db_sessio
     summary="Replace a token's secret; the old one fails at once",
     responses=problem_responses(401, 404, 409),
 )
-async def rotate_token(token_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> TokenIssued:
+async def rotate_token(
+    token_id: Annotated[str, path_id("token")], db_session: DbSession, principal: PrincipalDep
+) -> TokenIssued:
     token, secret = await tokens.rotate(db_session, principal, token_id)
     return TokenIssued(token=TokenOut.model_validate(token), secret=secret)
 
@@ -92,5 +97,7 @@ async def rotate_token(token_id: FromPath[str], db_session: DbSession, principal
     summary="Revoke a token (at once)",
     responses=problem_responses(401, 404),
 )
-async def revoke_token(token_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> TokenOut:
+async def revoke_token(
+    token_id: Annotated[str, path_id("token")], db_session: DbSession, principal: PrincipalDep
+) -> TokenOut:
     return TokenOut.model_validate(await tokens.revoke(db_session, principal, token_id))

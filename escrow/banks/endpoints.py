@@ -1,11 +1,14 @@
+from typing import Annotated
+
 from litestar import get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from escrow.auth.guards import requires
 from escrow.banks import service
 from escrow.banks.schemas import BankCreate, BankCreated, BankOut
 from escrow.deps import DbSession, KeyringDep, PrincipalDep
 from escrow.errors import problem_responses
+from escrow.kit.params import path_id
 
 TAGS = ["banks"]
 
@@ -37,5 +40,5 @@ async def list_banks(db_session: DbSession) -> list[BankOut]:
     summary="A bank",
     responses=problem_responses(401, 403, 404),
 )
-async def get_bank(bank_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> BankOut:
+async def get_bank(bank_id: Annotated[str, path_id("bank")], db_session: DbSession, principal: PrincipalDep) -> BankOut:
     return BankOut.model_validate(await service.get(db_session, principal, bank_id))

@@ -3,8 +3,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from escrow.kit.body import RequestModel
 
-class BankCreate(BaseModel):
+
+class BankCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["Bank of Ningbo"])
     code: str = Field(pattern=r"^[A-Z0-9]{2,20}$", examples=["NBCB"], description="The bank's short code, unique.")
     signing_algorithm: Literal["hmac-sha256", "hmac-sm3"] = "hmac-sha256"

@@ -29,7 +29,8 @@ async def create(session: AsyncSession, keyring: Keyring, data: BankCreate) -> t
         await session.flush()
     except IntegrityError as exc:
         raise Conflict(
-            f"a bank with code {data.code} already exists", errors=[{"field": "code", "message": "already taken"}]
+            f"a bank with code {data.code} already exists",
+            errors=[{"field": "code", "rule": "unique", "message": "already taken"}],
         ) from exc
     _, token = await issue_token(session, "bank", f"{data.name} API", principal_id=bank.id)
     return bank, token, signing_secret

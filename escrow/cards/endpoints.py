@@ -1,7 +1,7 @@
-import re
+from typing import Annotated
 
 from litestar import get, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from escrow.auth.guards import requires
 from escrow.cards import service
@@ -20,9 +20,10 @@ from escrow.cards.schemas import (
 from escrow.consumptions.service import pending_on
 from escrow.db import Row
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
-from escrow.errors import FieldInvalid, problem_responses
+from escrow.errors import problem_responses
 from escrow.kit.money import Money
-from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
+from escrow.kit.pagination import Page, decode_cursor, int8, page_of
+from escrow.kit.params import Cursor, Limit, path_id, query_id
 from escrow.models import Card
 from escrow.models.card import CardStatus
 
@@ -90,7 +91,6 @@ async def report_deposit(
 
 
 async def _page(db_session, principal, status, merchant_id, cursor, limit) -> Page[CardOut]:  # type: ignore[no-untyped-def]
-    limit = check_limit(limit)
     rows = await service.list_visible(
         db_session, principal, status=status, merchant_id=merchant_id, after=decode_cursor(cursor), limit=limit
     )
@@ -108,9 +108,9 @@ async def list_cards(
     db_session: DbSession,
     principal: PrincipalDep,
     status: FromQuery[CardStatus | None] = None,
-    merchant_id: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    merchant_id: Annotated[str | None, query_id("merchant")] = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[CardOut]:
     return await _page(db_session, principal, status, merchant_id, cursor, limit)
 
@@ -126,8 +126,8 @@ async def my_cards(
     db_session: DbSession,
     principal: PrincipalDep,
     status: FromQuery[CardStatus | None] = None,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[CardOut]:
     return await _page(db_session, principal, status, None, cursor, limit)
 
@@ -139,7 +139,9 @@ async def my_cards(
     summary="A card: what is left, what of it is protected, services awaiting confirmation",
     responses=problem_responses(401, 403, 404),
 )
-async def get_card(card_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> CardDetail:
+async def get_card(
+    card_id: Annotated[str, path_id("card")], db_session: DbSession, principal: PrincipalDep
+) -> CardDetail:
     card = await service.get(db_session, principal, card_id)
     balances = await service.balances(db_session, card)
     pending = [
@@ -173,18 +175,14 @@ async def get_card(card_id: FromPath[str], db_session: DbSession, principal: Pri
     responses=problem_responses(401, 403, 404, 422),
 )
 async def card_history(
-    card_id: FromPath[str],
+    card_id: Annotated[str, path_id("card")],
     db_session: DbSession,
     principal: PrincipalDep,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[HistoryLine]:
-    limit = check_limit(limit)
     card = await service.get(db_session, principal, card_id)
-    raw = decode_cursor(cursor)
-    if raw is not None and not re.fullmatch(r"[0-9]{1,18}", raw):
-        raise FieldInvalid("cursor", "is not a cursor this service issued")
-    items = await service.history(db_session, card, before=int(raw) if raw else None, limit=limit + 1)
+    items = await service.history(db_session, card, before=decode_cursor(cursor, int8), limit=limit + 1)
 
     def line(i: service.HistoryItem) -> HistoryLine:
         return HistoryLine(
@@ -207,7 +205,7 @@ async def card_history(
     responses=problem_responses(401, 403, 404),
 )
 async def escrow_account_totals(
-    escrow_account_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    escrow_account_id: Annotated[str, path_id("escrow account")], db_session: DbSession, principal: PrincipalDep
 ) -> AccountTotals:
     totals = await service.account_totals(db_session, principal, escrow_account_id)
     counts = {k: totals.pop(k) for k in ("cards_active", "cards_awaiting_payment")}
@@ -224,9 +222,9 @@ async def escrow_account_totals(
     responses=problem_responses(401, 403, 422),
 )
 async def list_unapplied_deposits(
-    db_session: DbSession, principal: PrincipalDep, limit: FromQuery[int] = 100
+    db_session: DbSession, principal: PrincipalDep, limit: Limit = 100
 ) -> list[UnappliedDepositOut]:
-    rows = await service.unapplied_deposits(db_session, principal, check_limit(limit))
+    rows = await service.unapplied_deposits(db_session, principal, limit)
     return [
         UnappliedDepositOut(
             bank_id=r.bank_id,

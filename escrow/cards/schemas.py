@@ -3,10 +3,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 
-class CardSale(BaseModel):
+class CardSale(RequestModel):
     plan_id: str = Field(min_length=1, max_length=40)
     consumer_id: str = Field(min_length=1, max_length=40, description="A consumer the merchant registered.")
     escrow_account_id: str | None = Field(
@@ -14,7 +15,7 @@ class CardSale(BaseModel):
     )
 
 
-class DepositReport(BaseModel):
+class DepositReport(RequestModel):
     payment_reference: str = Field(min_length=1, max_length=100, description="The reference the sale issued.")
     amount: Money
     bank_transaction_id: str = Field(

@@ -1,9 +1,10 @@
 import csv
 import io
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from litestar import Request, get, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import JSONBody
 from litestar.response import Stream
 from sqlalchemy import select
 
@@ -20,9 +21,10 @@ from escrow.closures.schemas import (
     TakeoverProposal,
 )
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
-from escrow.errors import FieldInvalid, problem_responses
+from escrow.errors import problem_responses
 from escrow.kit.money import Money
-from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
+from escrow.kit.pagination import Page, decode_cursor, int4, page_of
+from escrow.kit.params import Cursor, Limit, path_id
 from escrow.models import Closure, ClosureItem
 
 TAGS = ["closures"]
@@ -118,7 +120,9 @@ async def list_closures(db_session: DbSession, principal: PrincipalDep) -> list[
     summary="A closure, with its settlement's totals per source and progress (items done / total)",
     responses=problem_responses(401, 403, 404),
 )
-async def get_closure(closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> ClosureOut:
+async def get_closure(
+    closure_id: Annotated[str, path_id("closure")], db_session: DbSession, principal: PrincipalDep
+) -> ClosureOut:
     return await _with_totals(db_session, await service.get(db_session, principal, closure_id))
 
 
@@ -131,7 +135,10 @@ async def get_closure(closure_id: FromPath[str], db_session: DbSession, principa
     responses=problem_responses(401, 403, 404, 409),
 )
 async def compute_plan(
-    closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+    closure_id: Annotated[str, path_id("closure")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
 ) -> ClosureOut:
     return await _with_totals(db_session, await service.plan(db_session, settings, principal, closure_id))
 
@@ -144,18 +151,14 @@ async def compute_plan(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def list_items(
-    closure_id: FromPath[str],
+    closure_id: Annotated[str, path_id("closure")],
     db_session: DbSession,
     principal: PrincipalDep,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 100,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> Page[ItemOut]:
-    limit = check_limit(limit)
     closure = await service.get(db_session, principal, closure_id, items=True)
-    after = decode_cursor(cursor)
-    if after is not None and not after.isdigit():
-        raise FieldInvalid("cursor", "is not a cursor this service issued")
-    rows = await service.items_page(db_session, closure.id, after=int(after) if after else None, limit=limit)
+    rows = await service.items_page(db_session, closure.id, after=decode_cursor(cursor, int4), limit=limit)
     return page_of(rows, limit, item_out, lambda i: i.seq)
 
 
@@ -182,7 +185,7 @@ CSV_HEADER = (
     responses=problem_responses(401, 403, 404),
 )
 async def plan_csv(
-    closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, request: Request
+    closure_id: Annotated[str, path_id("closure")], db_session: DbSession, principal: PrincipalDep, request: Request
 ) -> Stream:
     closure = await service.get(db_session, principal, closure_id, items=True)
     sessionmaker = request.app.state.sessionmaker
@@ -222,7 +225,10 @@ async def plan_csv(
     responses=problem_responses(401, 403, 404, 409),
 )
 async def start_settlement(
-    closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+    closure_id: Annotated[str, path_id("closure")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
 ) -> ClosureOut:
     return await _with_totals(db_session, await service.start(db_session, settings, principal, closure_id))
 
@@ -236,7 +242,10 @@ async def start_settlement(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def propose_takeover(
-    closure_id: FromPath[str], data: JSONBody[TakeoverProposal], db_session: DbSession, principal: PrincipalDep
+    closure_id: Annotated[str, path_id("closure")],
+    data: JSONBody[TakeoverProposal],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> ClosureOut:
     return closure_out(await service.propose_takeover(db_session, principal, closure_id, data))
 
@@ -250,7 +259,10 @@ async def propose_takeover(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def answer_takeover(
-    card_id: FromPath[str], data: JSONBody[TakeoverAnswer], db_session: DbSession, principal: PrincipalDep
+    card_id: Annotated[str, path_id("card")],
+    data: JSONBody[TakeoverAnswer],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> TakeoverDecisionOut:
     row = await service.decide_takeover(db_session, principal, card_id, data.decision)
     return TakeoverDecisionOut(
@@ -266,7 +278,9 @@ async def answer_takeover(
     summary="Confirm a settled closure: the surplus is paid to the merchant, which is closed",
     responses=problem_responses(401, 403, 404, 409),
 )
-async def confirm(closure_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> ConfirmationOut:
+async def confirm(
+    closure_id: Annotated[str, path_id("closure")], db_session: DbSession, principal: PrincipalDep
+) -> ConfirmationOut:
     closure, made = await service.confirm(db_session, principal, closure_id)
     return ConfirmationOut(closure=await _with_totals(db_session, closure), surplus_instructions=[i.id for i in made])
 

@@ -3,10 +3,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 
-class ClosureCreate(BaseModel):
+class ClosureCreate(RequestModel):
     merchant_id: str | None = Field(default=None, description="Regulator only: the merchant to close.")
     effective_on: date | None = Field(
         default=None,
@@ -16,12 +17,12 @@ class ClosureCreate(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class TakeoverProposal(BaseModel):
+class TakeoverProposal(RequestModel):
     successor_merchant_id: str = Field(min_length=1, max_length=40)
     deadline: datetime = Field(description="Consumers who have not answered by then are refunded.")
 
 
-class TakeoverAnswer(BaseModel):
+class TakeoverAnswer(RequestModel):
     decision: Literal["accept", "decline"]
 
 

@@ -1,5 +1,7 @@
+from typing import Annotated
+
 from litestar import Request, Response, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from escrow.auth.guards import requires
 from escrow.consumers import service
@@ -12,6 +14,7 @@ from escrow.consumers.schemas import (
 )
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
+from escrow.kit.params import path_id
 
 TAGS = ["consumers"]
 
@@ -38,7 +41,9 @@ async def register_consumer(
     summary="A consumer",
     responses=problem_responses(401, 403, 404),
 )
-async def get_consumer(consumer_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> ConsumerOut:
+async def get_consumer(
+    consumer_id: Annotated[str, path_id("consumer")], db_session: DbSession, principal: PrincipalDep
+) -> ConsumerOut:
     return ConsumerOut.model_validate(await service.get(db_session, principal, consumer_id))
 
 
@@ -51,7 +56,7 @@ async def get_consumer(consumer_id: FromPath[str], db_session: DbSession, princi
     responses=problem_responses(401, 403, 404),
 )
 async def issue_sign_in_code(
-    consumer_id: FromPath[str],
+    consumer_id: Annotated[str, path_id("consumer")],
     db_session: DbSession,
     settings: SettingsDep,
     keyring: KeyringDep,

@@ -2,10 +2,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from escrow.kit.body import RequestModel
 from escrow.kit.crypto import normalize_phone
 
 
-class ConsumerRegister(BaseModel):
+class ConsumerRegister(RequestModel):
     phone: str = Field(
         description="Mainland mobile number; only a keyed hash and a masked form are kept.", examples=["13812345678"]
     )

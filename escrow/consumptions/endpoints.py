@@ -1,5 +1,7 @@
+from typing import Annotated
+
 from litestar import get, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from escrow.auth.guards import requires
 from escrow.consumptions import service
@@ -13,7 +15,7 @@ from escrow.consumptions.schemas import (
 )
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
-from escrow.kit.pagination import check_limit
+from escrow.kit.params import Limit, path_id, query_id
 from escrow.models.card import ConsumptionStatus
 
 TAGS = ["services rendered"]
@@ -28,7 +30,7 @@ ONE = "/v1/consumptions/{consumption_id:str}"
     responses=problem_responses(401, 403, 404, 409, 422, 423),
 )
 async def record_consumption(
-    card_id: FromPath[str],
+    card_id: Annotated[str, path_id("card")],
     data: JSONBody[ConsumptionCreate],
     db_session: DbSession,
     principal: PrincipalDep,
@@ -67,10 +69,10 @@ async def list_consumptions(
     db_session: DbSession,
     principal: PrincipalDep,
     status: FromQuery[ConsumptionStatus | None] = None,
-    card_id: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 100,
+    card_id: Annotated[str | None, query_id("card")] = None,
+    limit: Limit = 100,
 ) -> list[ConsumptionOut]:
-    rows = await service.list_visible(db_session, principal, status=status, card_id=card_id, limit=check_limit(limit))
+    rows = await service.list_visible(db_session, principal, status=status, card_id=card_id, limit=limit)
     return [ConsumptionOut.of(c) for c in rows]
 
 
@@ -82,7 +84,7 @@ async def list_consumptions(
     responses=problem_responses(401, 403, 404),
 )
 async def get_consumption(
-    consumption_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    consumption_id: Annotated[str, path_id("consumption")], db_session: DbSession, principal: PrincipalDep
 ) -> ConsumptionOut:
     return ConsumptionOut.of(await service.get(db_session, principal, consumption_id))
 
@@ -96,7 +98,7 @@ async def get_consumption(
     responses=problem_responses(401, 403, 404, 409, 423),
 )
 async def confirm_consumption(
-    consumption_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    consumption_id: Annotated[str, path_id("consumption")], db_session: DbSession, principal: PrincipalDep
 ) -> ConsumptionOut:
     return ConsumptionOut.of(await service.confirm(db_session, principal, consumption_id))
 
@@ -110,7 +112,10 @@ async def confirm_consumption(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def dispute_consumption(
-    consumption_id: FromPath[str], data: JSONBody[Dispute], db_session: DbSession, principal: PrincipalDep
+    consumption_id: Annotated[str, path_id("consumption")],
+    data: JSONBody[Dispute],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> ConsumptionOut:
     return ConsumptionOut.of(await service.dispute(db_session, principal, consumption_id, data.reason))
 
@@ -124,6 +129,9 @@ async def dispute_consumption(
     responses=problem_responses(401, 403, 404, 409, 422, 423),
 )
 async def resolve_consumption(
-    consumption_id: FromPath[str], data: JSONBody[Resolution], db_session: DbSession, principal: PrincipalDep
+    consumption_id: Annotated[str, path_id("consumption")],
+    data: JSONBody[Resolution],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> ConsumptionOut:
     return ConsumptionOut.of(await service.resolve(db_session, principal, consumption_id, data.outcome, data.note))

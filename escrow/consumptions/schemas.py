@@ -3,10 +3,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 
-class ConsumptionCreate(BaseModel):
+class ConsumptionCreate(RequestModel):
     sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
     face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
     note: str | None = Field(default=None, max_length=500, examples=["Spin class 19:00"])
@@ -15,24 +16,24 @@ class ConsumptionCreate(BaseModel):
 MAX_BATCH = 200  # services per batch: a class, a lesson, a day's appointments
 
 
-class ServiceRendered(BaseModel):
+class ServiceRendered(RequestModel):
     card_id: str = Field(min_length=1, max_length=40)
     sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
     face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
 
 
-class ConsumptionBatch(BaseModel):
+class ConsumptionBatch(RequestModel):
     """Services rendered to many cards at once — a class, a lesson — recorded all together or not at all."""
 
     services: list[ServiceRendered] = Field(min_length=1, max_length=MAX_BATCH)
     note: str | None = Field(default=None, max_length=500, examples=["Yoga class, Tuesday 19:00"])
 
 
-class Dispute(BaseModel):
+class Dispute(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class Resolution(BaseModel):
+class Resolution(RequestModel):
     outcome: Literal["confirm", "void"]
     note: str | None = Field(default=None, max_length=500)
 

@@ -144,7 +144,7 @@ async def record_many(
         at = f"services[{index}]." if in_batch else ""
         card = by_id.get(service.card_id)
         if card is None:
-            raise NotFound(f"no card {service.card_id}", errors=_item(at, "card_id", f"no card {service.card_id}"))
+            raise NotFound(f"no card {service.card_id}", errors=_item(at, "card_id", f"no card {service.card_id}", "exists"))
         units, field = _units(card, service, at)
         _check(card, states[card.id], units, field, at, today)
         amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
@@ -188,19 +188,19 @@ async def record_many(
     return [by_service[h.id] for h in held]  # in the order given (RETURNING promises no order)
 
 
-def _item(at: str, field: str, message: str) -> list[dict[str, str]] | None:
+def _item(at: str, field: str, message: str, rule: str = "invalid") -> list[dict[str, str]] | None:
     """The ``errors`` of a refusal about one item of a batch (None outside a batch: the detail says it all)."""
-    return [{"field": f"{at}{field}", "message": message}] if at else None
+    return [{"field": f"{at}{field}", "rule": rule, "message": message}] if at else None
 
 
 def _units(card: db.Row, service: Service, at: str) -> tuple[int, str]:
     """What a service takes from its locked card: sessions or face value (the card's own state checked first)."""
     if card.status != "active":
-        raise cards.CardNotActive(f"card {card.id} is {card.status}", errors=_item(at, "card_id", card.status))
+        raise cards.CardNotActive(f"card {card.id} is {card.status}", errors=_item(at, "card_id", card.status, "card_status"))
     if card.kind == "period":
         raise InvalidState(
             "period memberships release day by day on their own; nothing to record",
-            errors=_item(at, "card_id", "a period membership"),
+            errors=_item(at, "card_id", "a period membership", "card_kind"),
         )
     units, field = (service.sessions, "sessions") if card.kind == "sessions" else (service.face_value, "face_value")
     if units is None:
@@ -214,18 +214,18 @@ def _check(card: db.Row, state: Any, units: int, field: str, at: str, today: dat
     """May ``units`` more be taken from this locked card now?"""
     if card.valid_until is not None and today > card.valid_until:
         raise cards.CardNotActive(
-            f"card {card.id} was valid until {card.valid_until}", errors=_item(at, "card_id", "expired")
+            f"card {card.id} was valid until {card.valid_until}", errors=_item(at, "card_id", "expired", "valid_until")
         )
     if state["refund_requested"]:
         raise RefundInProgress(
-            f"card {card.id} has a refund request open", errors=_item(at, "card_id", "refund requested")
+            f"card {card.id} has a refund request open", errors=_item(at, "card_id", "refund requested", "refund_open")
         )
-    cards.check_account_status(card.id, state["account_status"], _item(at, "card_id", "escrow account not active"))
+    cards.check_account_status(card.id, state["account_status"], _item(at, "card_id", "escrow account not active", "account_status"))
     if card.units_used + units > card.units_total:
         left = card.units_total - card.units_used
         raise ExceedsRemaining(
             f"card {card.id} has {left} {field.replace('_', ' ')} left, not {units}",
-            errors=[{"field": f"{at}{field}", "message": f"at most {left}"}],
+            errors=[{"field": f"{at}{field}", "rule": "units_left", "message": f"at most {left}"}],
         )
 
 

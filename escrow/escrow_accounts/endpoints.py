@@ -1,11 +1,14 @@
+from typing import Annotated
+
 from litestar import get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, KeyringDep, PrincipalDep
 from escrow.errors import problem_responses
 from escrow.escrow_accounts import service
 from escrow.escrow_accounts.schemas import EscrowAccountActivate, EscrowAccountCreate, EscrowAccountOut, Reason
+from escrow.kit.params import path_id
 
 TAGS = ["escrow accounts"]
 ACCOUNT = "/v1/escrow-accounts/{escrow_account_id:str}"
@@ -43,7 +46,7 @@ async def list_escrow_accounts(db_session: DbSession, principal: PrincipalDep) -
     responses=problem_responses(401, 403, 404),
 )
 async def get_escrow_account(
-    escrow_account_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    escrow_account_id: Annotated[str, path_id("escrow account")], db_session: DbSession, principal: PrincipalDep
 ) -> EscrowAccountOut:
     return EscrowAccountOut.model_validate(await service.get(db_session, principal, escrow_account_id))
 
@@ -57,7 +60,7 @@ async def get_escrow_account(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def activate_escrow_account(
-    escrow_account_id: FromPath[str],
+    escrow_account_id: Annotated[str, path_id("escrow account")],
     data: JSONBody[EscrowAccountActivate],
     db_session: DbSession,
     principal: PrincipalDep,
@@ -76,7 +79,10 @@ async def activate_escrow_account(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def reject_escrow_account(
-    escrow_account_id: FromPath[str], data: JSONBody[Reason], db_session: DbSession, principal: PrincipalDep
+    escrow_account_id: Annotated[str, path_id("escrow account")],
+    data: JSONBody[Reason],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> EscrowAccountOut:
     return EscrowAccountOut.model_validate(await service.reject(db_session, principal, escrow_account_id, data.reason))
 
@@ -90,7 +96,10 @@ async def reject_escrow_account(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def freeze_escrow_account(
-    escrow_account_id: FromPath[str], data: JSONBody[Reason], db_session: DbSession, principal: PrincipalDep
+    escrow_account_id: Annotated[str, path_id("escrow account")],
+    data: JSONBody[Reason],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> EscrowAccountOut:
     return EscrowAccountOut.model_validate(await service.freeze(db_session, principal, escrow_account_id, data.reason))
 
@@ -104,6 +113,6 @@ async def freeze_escrow_account(
     responses=problem_responses(401, 403, 404, 409),
 )
 async def unfreeze_escrow_account(
-    escrow_account_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    escrow_account_id: Annotated[str, path_id("escrow account")], db_session: DbSession, principal: PrincipalDep
 ) -> EscrowAccountOut:
     return EscrowAccountOut.model_validate(await service.unfreeze(db_session, principal, escrow_account_id))

@@ -2,14 +2,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from escrow.kit.body import RequestModel
 from escrow.kit.crypto import normalize_account_number
 
 
-class EscrowAccountCreate(BaseModel):
+class EscrowAccountCreate(RequestModel):
     bank_id: str = Field(min_length=1, max_length=40, description="The custodian bank to apply at.")
 
 
-class EscrowAccountActivate(BaseModel):
+class EscrowAccountActivate(RequestModel):
     bank_account_number: str = Field(description="The escrow account's number at the bank; stored encrypted.")
 
     @field_validator("bank_account_number")
@@ -18,7 +19,7 @@ class EscrowAccountActivate(BaseModel):
         return normalize_account_number(value)
 
 
-class Reason(BaseModel):
+class Reason(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 
 

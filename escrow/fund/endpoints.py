@@ -1,5 +1,5 @@
 from litestar import get, post, put
-from litestar.params import FromQuery, JSONBody
+from litestar.params import JSONBody
 
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
@@ -16,7 +16,7 @@ from escrow.fund.schemas import (
     RecoveryOut,
 )
 from escrow.kit.money import Money
-from escrow.kit.pagination import check_limit
+from escrow.kit.params import Limit
 from escrow.models import FundContribution
 
 TAGS = ["fund"]
@@ -85,8 +85,8 @@ async def contribute(
     summary="Contributions to the fund, newest first",
     responses=problem_responses(401, 403, 422),
 )
-async def list_contributions(db_session: DbSession, limit: FromQuery[int] = 100) -> list[ContributionOut]:
-    return [_contribution_out(row, 0) for row in await service.contributions(db_session, check_limit(limit))]
+async def list_contributions(db_session: DbSession, limit: Limit = 100) -> list[ContributionOut]:
+    return [_contribution_out(row, 0) for row in await service.contributions(db_session, limit)]
 
 
 @get(

@@ -3,13 +3,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from escrow.kit.body import RequestModel
 from escrow.kit.crypto import normalize_account_number
 from escrow.kit.money import Money
 
 BANK_REFERENCE = r"^[A-Za-z0-9_\-.:/]+$"
 
 
-class FundBankAccount(BaseModel):
+class FundBankAccount(RequestModel):
     bank_id: str = Field(min_length=1, max_length=40, description="The bank holding the fund's own account.")
     bank_account_number: str = Field(description="The fund's account number at that bank; stored encrypted.")
 
@@ -27,7 +28,7 @@ class FundBankAccountOut(BaseModel):
     updated_at: datetime
 
 
-class ContributionCreate(BaseModel):
+class ContributionCreate(RequestModel):
     source_kind: Literal["insurer", "government", "guarantee_deposit", "other"]
     source_name: str = Field(min_length=1, max_length=200, description="Who paid it in (insurer, agency, merchant).")
     amount: Money
@@ -46,7 +47,7 @@ class ContributionOut(BaseModel):
     owed_payments_made: int = Field(description="Owed compensation paid out of it at once, in queue order.")
 
 
-class RecoveryCreate(BaseModel):
+class RecoveryCreate(RequestModel):
     escrow_account_id: str = Field(min_length=1, max_length=40, description="Whose subrogated claim was paid.")
     amount: Money
     bank_transaction_id: str = Field(min_length=1, max_length=100, pattern=BANK_REFERENCE)

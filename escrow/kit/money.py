@@ -2,10 +2,14 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class Money(BaseModel):
+    """An amount of money in integer fen."""
+
+    model_config = ConfigDict(extra="forbid")
+
     amount: StrictInt = Field(ge=0, lt=10**15, description="Integer fen (1 yuan = 100 fen).", examples=[200000])
     currency: Literal["CNY"] = "CNY"
 

@@ -1,10 +1,13 @@
+from typing import Annotated
+
 from litestar import Request, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from escrow.audit import AUDIT_DETAIL
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, KeyringDep, PrincipalDep
 from escrow.errors import problem_responses
+from escrow.kit.params import path_id
 from escrow.merchants import service
 from escrow.merchants.schemas import (
     CustodyModelChange,
@@ -50,7 +53,9 @@ async def list_merchants(db_session: DbSession) -> list[MerchantOut]:
     summary="A merchant",
     responses=problem_responses(401, 403, 404),
 )
-async def get_merchant(merchant_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> MerchantOut:
+async def get_merchant(
+    merchant_id: Annotated[str, path_id("merchant")], db_session: DbSession, principal: PrincipalDep
+) -> MerchantOut:
     return MerchantOut.model_validate(await service.get(db_session, principal, merchant_id))
 
 
@@ -63,7 +68,7 @@ async def get_merchant(merchant_id: FromPath[str], db_session: DbSession, princi
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def change_merchant_status(
-    merchant_id: FromPath[str],
+    merchant_id: Annotated[str, path_id("merchant")],
     request: Request,
     data: JSONBody[MerchantStatusChange],
     db_session: DbSession,
@@ -83,7 +88,7 @@ async def change_merchant_status(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def change_custody_model(
-    merchant_id: FromPath[str],
+    merchant_id: Annotated[str, path_id("merchant")],
     data: JSONBody[CustodyModelChange],
     request: Request,
     db_session: DbSession,

@@ -3,11 +3,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from escrow.kit.body import RequestModel
 from escrow.kit.crypto import normalize_account_number
 from escrow.kit.uscc import validate_uscc
 
 
-class MerchantCreate(BaseModel):
+class MerchantCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["Iron Temple Fitness"])
     category: Literal["gym", "salon", "training", "other"]
     uscc: str = Field(description="Unified social credit code (GB 32100-2015), check character verified.")
@@ -46,12 +47,12 @@ class MerchantCreated(BaseModel):
     token: str = Field(description="The merchant's API token, shown once.")
 
 
-class MerchantStatusChange(BaseModel):
+class MerchantStatusChange(RequestModel):
     status: Literal["active", "suspended"]
     reason: str = Field(min_length=1, max_length=500)
 
 
-class CustodyModelChange(BaseModel):
+class CustodyModelChange(RequestModel):
     model: Literal["full", "ratio"] = Field(
         description="full: 100 % of every card in custody; ratio: the ratio of the merchant's credit rating."
     )

@@ -41,7 +41,7 @@ async def create(session: AsyncSession, keyring: Keyring, data: MerchantCreate) 
     except IntegrityError as exc:
         raise Conflict(
             "a merchant with this unified social credit code is already onboarded",
-            errors=[{"field": "uscc", "message": "already onboarded"}],
+            errors=[{"field": "uscc", "rule": "unique", "message": "already onboarded"}],
         ) from exc
     _, token = await issue_token(session, "merchant", f"{data.name} API", principal_id=merchant.id)
     return merchant, token

@@ -1,10 +1,13 @@
+from typing import Annotated
+
 from litestar import get, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, PrincipalDep
 from escrow.errors import problem_responses
-from escrow.kit.pagination import Page, check_limit, decode_cursor, page_of
+from escrow.kit.pagination import Page, decode_cursor, page_of
+from escrow.kit.params import Cursor, Limit, path_id
 from escrow.models.card import InstructionStatus
 from escrow.payouts import service
 from escrow.payouts.schemas import Executed, Failed, InstructionOut, PayoutRun, PayoutRunRequest
@@ -37,10 +40,9 @@ async def list_instructions(
     db_session: DbSession,
     principal: PrincipalDep,
     status: FromQuery[InstructionStatus | None] = None,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 100,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> Page[InstructionOut]:
-    limit = check_limit(limit)
     rows = await service.list_visible(db_session, principal, status=status, after=decode_cursor(cursor), limit=limit)
     return page_of(rows, limit, InstructionOut.of, lambda i: i.id)
 
@@ -53,7 +55,7 @@ async def list_instructions(
     responses=problem_responses(401, 403, 404),
 )
 async def get_instruction(
-    instruction_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    instruction_id: Annotated[str, path_id("instruction")], db_session: DbSession, principal: PrincipalDep
 ) -> InstructionOut:
     return InstructionOut.of(await service.get(db_session, principal, instruction_id))
 
@@ -67,7 +69,7 @@ async def get_instruction(
     responses=problem_responses(401, 403, 404, 409),
 )
 async def instruction_sent(
-    instruction_id: FromPath[str], db_session: DbSession, principal: PrincipalDep
+    instruction_id: Annotated[str, path_id("instruction")], db_session: DbSession, principal: PrincipalDep
 ) -> InstructionOut:
     return InstructionOut.of(await service.report_sent(db_session, principal, instruction_id))
 
@@ -81,7 +83,10 @@ async def instruction_sent(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def instruction_executed(
-    instruction_id: FromPath[str], data: JSONBody[Executed], db_session: DbSession, principal: PrincipalDep
+    instruction_id: Annotated[str, path_id("instruction")],
+    data: JSONBody[Executed],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> InstructionOut:
     return InstructionOut.of(
         await service.report_executed(db_session, principal, instruction_id, data.bank_transaction_id)
@@ -97,6 +102,9 @@ async def instruction_executed(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def instruction_failed(
-    instruction_id: FromPath[str], data: JSONBody[Failed], db_session: DbSession, principal: PrincipalDep
+    instruction_id: Annotated[str, path_id("instruction")],
+    data: JSONBody[Failed],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> InstructionOut:
     return InstructionOut.of(await service.report_failed(db_session, principal, instruction_id, data.reason))

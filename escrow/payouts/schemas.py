@@ -2,18 +2,19 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 
-class Executed(BaseModel):
+class Executed(RequestModel):
     bank_transaction_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_\-.:/]+$")
 
 
-class Failed(BaseModel):
+class Failed(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class PayoutRunRequest(BaseModel):
+class PayoutRunRequest(RequestModel):
     merchant_id: str | None = Field(default=None, description="Regulator only: one merchant's accounts (else all).")
 
 

@@ -1,9 +1,12 @@
+from typing import Annotated
+
 from litestar import get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
+from escrow.kit.params import path_id
 from escrow.plans import service
 from escrow.plans.schemas import PlanCreate, PlanOut
 
@@ -41,7 +44,7 @@ async def list_plans(db_session: DbSession, principal: PrincipalDep) -> list[Pla
     summary="A plan",
     responses=problem_responses(401, 403, 404),
 )
-async def get_plan(plan_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> PlanOut:
+async def get_plan(plan_id: Annotated[str, path_id("plan")], db_session: DbSession, principal: PrincipalDep) -> PlanOut:
     return PlanOut.of(await service.get(db_session, principal, plan_id))
 
 
@@ -53,5 +56,7 @@ async def get_plan(plan_id: FromPath[str], db_session: DbSession, principal: Pri
     summary="Stop selling a plan (cards sold keep their terms)",
     responses=problem_responses(401, 403, 404),
 )
-async def retire_plan(plan_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> PlanOut:
+async def retire_plan(
+    plan_id: Annotated[str, path_id("plan")], db_session: DbSession, principal: PrincipalDep
+) -> PlanOut:
     return PlanOut.of(await service.retire(db_session, principal, plan_id))

@@ -4,10 +4,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, StrictInt
 
 from escrow.errors import FieldInvalid
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 
-class PlanCreate(BaseModel):
+class PlanCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["20 personal-training sessions"])
     kind: Literal["sessions", "stored_value", "period"]
     price: Money = Field(description="What the consumer pays.")

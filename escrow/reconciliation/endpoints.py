@@ -2,13 +2,13 @@ import csv
 import io
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,9 +17,11 @@ from escrow.auth.tokens import Principal
 from escrow.config import Settings
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import FieldInvalid, problem_responses
+from escrow.kit.clock import parse_day, parse_instant
 from escrow.kit.crypto import Keyring
 from escrow.kit.money import money
-from escrow.kit.pagination import Page, check_limit, decode_cursor, encode_cursor, page_of
+from escrow.kit.pagination import Page, decode_cursor, encode_cursor, int4, page_of
+from escrow.kit.params import Cursor, Day, Limit, path_id, query_id
 from escrow.models import BankStatement, ReconciliationBreak
 from escrow.reconciliation import service
 from escrow.reconciliation.parsing import ParsedStatement, camt053_statements, json_statement
@@ -249,13 +251,12 @@ READ = {"guards": [requires("regulator", "bank", own=("bank",))], "tags": TAGS}
 async def list_statements(
     db_session: DbSession,
     principal: PrincipalDep,
-    escrow_account_id: FromQuery[str | None] = None,
-    business_date: FromQuery[date | None] = None,
+    escrow_account_id: Annotated[str | None, query_id("escrow account")] = None,
+    business_date: FromQuery[Day | None] = None,
     include_superseded: FromQuery[bool] = False,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[StatementOut]:
-    limit = check_limit(limit)
     rows = await service.list_statements(
         db_session,
         principal,
@@ -275,7 +276,9 @@ async def list_statements(
     responses=problem_responses(401, 403, 404),
     **READ,
 )
-async def get_statement(statement_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> StatementOut:
+async def get_statement(
+    statement_id: Annotated[str, path_id("statement")], db_session: DbSession, principal: PrincipalDep
+) -> StatementOut:
     return await statement_out(db_session, await service.get_statement(db_session, principal, statement_id))
 
 
@@ -286,20 +289,16 @@ async def get_statement(statement_id: FromPath[str], db_session: DbSession, prin
     **READ,
 )
 async def statement_lines(
-    statement_id: FromPath[str],
+    statement_id: Annotated[str, path_id("statement")],
     db_session: DbSession,
     principal: PrincipalDep,
     outcome: FromQuery[LineOutcome | None] = None,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 100,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> Page[LineOut]:
-    limit = check_limit(limit)
     statement = await service.get_statement(db_session, principal, statement_id)
-    after = decode_cursor(cursor)
-    if after is not None and not (after.isdigit() and int(after) < 2**31):  # a line number (int4)
-        raise FieldInvalid("cursor", "is not a cursor this service issued")
     rows = await service.statement_lines(
-        db_session, statement, outcome=outcome, after=int(after) if after else None, limit=limit
+        db_session, statement, outcome=outcome, after=decode_cursor(cursor, int4), limit=limit
     )
     return page_of(rows, limit, line_out, lambda r: r.line_no)
 
@@ -321,18 +320,6 @@ def _break_cursor(found: ReconciliationBreak) -> str:
     return f"{found.business_date.isoformat()}|{found.detected_at.isoformat()}|{found.id}"
 
 
-def _break_after(cursor: str | None) -> str | None:
-    after = decode_cursor(cursor)
-    if after is not None:
-        try:
-            day, detected, _ = after.split("|")
-            date.fromisoformat(day)
-            datetime.fromisoformat(detected)
-        except ValueError as exc:
-            raise FieldInvalid("cursor", "is not a cursor this service issued") from exc
-    return after
-
-
 @get(
     "/v1/reconciliation/breaks",
     summary="Breaks, the oldest first (a bank's own): filter by state, kind, escrow account",
@@ -344,15 +331,14 @@ async def list_breaks(
     principal: PrincipalDep,
     break_state: Annotated[BreakState | None, QueryParameter(name="state")] = None,
     kind: FromQuery[BreakKind | None] = None,
-    escrow_account_id: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    escrow_account_id: Annotated[str | None, query_id("escrow account")] = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[BreakOut]:
-    limit = check_limit(limit)
     rows = await service.list_breaks(
         db_session,
         principal,
-        after=_break_after(cursor),
+        after=decode_cursor(cursor, parse_day, parse_instant, str),
         limit=limit,
         state=break_state,
         kind=kind,
@@ -396,7 +382,7 @@ async def breaks_csv(
     principal: PrincipalDep,
     break_state: Annotated[BreakState | None, QueryParameter(name="state")] = None,
     kind: FromQuery[BreakKind | None] = None,
-    escrow_account_id: FromQuery[str | None] = None,
+    escrow_account_id: Annotated[str | None, query_id("escrow account")] = None,
 ) -> Stream:
     query = service.breaks_query(principal, state=break_state, kind=kind, escrow_account_id=escrow_account_id)
 
@@ -423,7 +409,9 @@ async def breaks_csv(
     responses=problem_responses(401, 403, 404),
     **READ,
 )
-async def get_break(break_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> BreakOut:
+async def get_break(
+    break_id: Annotated[str, path_id("break")], db_session: DbSession, principal: PrincipalDep
+) -> BreakOut:
     return await break_out(db_session, await service.get_break(db_session, principal, break_id))
 
 
@@ -436,7 +424,7 @@ async def get_break(break_id: FromPath[str], db_session: DbSession, principal: P
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def resolve_break(
-    break_id: FromPath[str],
+    break_id: Annotated[str, path_id("break")],
     data: JSONBody[Resolution],
     db_session: DbSession,
     principal: PrincipalDep,
@@ -496,12 +484,12 @@ DAYS = "/v1/escrow-accounts/{escrow_account_id:str}/reconciliation"
     **READ,
 )
 async def account_reconciliation(
-    escrow_account_id: FromPath[str],
+    escrow_account_id: Annotated[str, path_id("escrow account")],
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
-    from_: Annotated[date | None, QueryParameter(name="from")] = None,
-    to: FromQuery[date | None] = None,
+    from_: Annotated[Day | None, QueryParameter(name="from")] = None,
+    to: FromQuery[Day | None] = None,
 ) -> AccountDaysOut:
     return await _days(db_session, settings, principal, escrow_account_id, from_, to)
 
@@ -526,12 +514,12 @@ DAY_CSV_HEADER = (
     **READ,
 )
 async def account_reconciliation_csv(
-    escrow_account_id: FromPath[str],
+    escrow_account_id: Annotated[str, path_id("escrow account")],
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
-    from_: Annotated[date | None, QueryParameter(name="from")] = None,
-    to: FromQuery[date | None] = None,
+    from_: Annotated[Day | None, QueryParameter(name="from")] = None,
+    to: FromQuery[Day | None] = None,
 ) -> Stream:
     report = await _days(db_session, settings, principal, escrow_account_id, from_, to)
     buffer = io.StringIO()
@@ -562,17 +550,10 @@ async def account_reconciliation_csv(
 async def reconciliation_overview(
     db_session: DbSession,
     settings: SettingsDep,
-    cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> Page[AccountOverview]:
-    limit = check_limit(limit)
-    after = decode_cursor(cursor)
-    if after is not None:
-        try:
-            day, _ = after.split("|")  # (oldest open break's day, account id), as next_cursor writes it
-            date.fromisoformat(day)
-        except ValueError as exc:
-            raise FieldInvalid("cursor", "is not a cursor this service issued") from exc
+    after = decode_cursor(cursor, date.fromisoformat, str)  # (oldest open break's day or 9999-12-31, account)
     rows = await service.overview(db_session, settings, after=after, limit=limit)
     items = []
     for row in rows[:limit]:
@@ -609,7 +590,10 @@ async def reconciliation_overview(
     responses=problem_responses(401, 403, 404),
 )
 async def run_matching(
-    escrow_account_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+    escrow_account_id: Annotated[str, path_id("escrow account")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
 ) -> MatchingRun:
     account = await service.visible_account(db_session, principal, escrow_account_id)
     report = await service.run_matching(db_session, settings, account.id)

@@ -3,6 +3,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 Direction = Literal["credit", "debit"]
@@ -47,7 +48,7 @@ class StatementLineIn(BaseModel):
     text: str | None = Field(default=None, max_length=500, description="Free text (remittance information).")
 
 
-class StatementIn(BaseModel):
+class StatementIn(RequestModel):
     """A bank's end-of-day statement of one escrow account (the JSON format; camt.053 carries the same)."""
 
     model_config = ConfigDict(
@@ -153,7 +154,7 @@ class BreakOut(BaseModel):
     card_id: str | None
 
 
-class Resolution(BaseModel):
+class Resolution(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["accept", "adjust", "attach_to_card"] = Field(

@@ -663,14 +663,15 @@ def breaks_query(
     return query
 
 
-async def list_breaks(session: AsyncSession, principal: Principal, *, after: str | None, limit: int, **filters):
+async def list_breaks(
+    session: AsyncSession, principal: Principal, *, after: tuple[date, datetime, str] | None, limit: int, **filters
+):
     """Oldest first (by the day they belong to), with keyset pagination on (day, detected, id)."""
     query = breaks_query(principal, **filters).limit(limit + 1)
     if after is not None:
-        day, detected, break_id = after.split("|")
         query = query.where(
             tuple_(ReconciliationBreak.business_date, ReconciliationBreak.detected_at, ReconciliationBreak.id)
-            > tuple_(date.fromisoformat(day), datetime.fromisoformat(detected), break_id)
+            > tuple_(*after)
         )
     return list(await session.scalars(query))
 
@@ -754,17 +755,19 @@ SELECT a.id, a.bank_id, a.merchant_id, latest.business_date AS latest_date, late
 )
 
 
-async def overview(session: AsyncSession, settings: Settings, *, after: str | None, limit: int) -> list[Any]:
+async def overview(
+    session: AsyncSession, settings: Settings, *, after: tuple[date, str] | None, limit: int
+) -> list[Any]:
     """Every activated escrow account, those with the oldest open break first."""
     first, last = default_window(settings)
-    after_day, after_id = after.split("|") if after else ("0001-01-01", "")
+    after_day, after_id = after or (date(1, 1, 1), "")
     rows = await session.execute(
         _OVERVIEW,
         {
             "first": first,
             "last": last,
             "tz": settings.business_timezone,
-            "after_day": date.fromisoformat(after_day),
+            "after_day": after_day,
             "after_id": after_id,
             "limit": limit + 1,
         },

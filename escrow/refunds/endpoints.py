@@ -1,13 +1,13 @@
-from typing import Literal
+from typing import Annotated, Literal
 
 from litestar import get, post
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from escrow.auth.guards import requires
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
 from escrow.kit.money import Money
-from escrow.kit.pagination import check_limit
+from escrow.kit.params import Limit, path_id
 from escrow.models.card import RefundStatus
 from escrow.refunds import service
 from escrow.refunds.schemas import RefundOut, RefundQuote, RefundRequest, Rejection
@@ -24,7 +24,7 @@ ONE = "/v1/refunds/{refund_id:str}"
     responses=problem_responses(401, 403, 404, 409),
 )
 async def refund_quote(
-    card_id: FromPath[str],
+    card_id: Annotated[str, path_id("card")],
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
@@ -53,7 +53,7 @@ async def refund_quote(
     responses=problem_responses(401, 403, 404, 409, 422, 423),
 )
 async def request_refund(
-    card_id: FromPath[str],
+    card_id: Annotated[str, path_id("card")],
     data: JSONBody[RefundRequest],
     db_session: DbSession,
     principal: PrincipalDep,
@@ -78,11 +78,9 @@ async def list_refunds(
     settings: SettingsDep,
     status: FromQuery[RefundStatus | None] = None,
     overdue: FromQuery[bool] = False,
-    limit: FromQuery[int] = 100,
+    limit: Limit = 100,
 ) -> list[RefundOut]:
-    rows = await service.list_visible(
-        db_session, settings, principal, status=status, overdue=overdue, limit=check_limit(limit)
-    )
+    rows = await service.list_visible(db_session, settings, principal, status=status, overdue=overdue, limit=limit)
     return [RefundOut.of(r) for r in rows]
 
 
@@ -93,7 +91,9 @@ async def list_refunds(
     summary="A refund",
     responses=problem_responses(401, 403, 404),
 )
-async def get_refund(refund_id: FromPath[str], db_session: DbSession, principal: PrincipalDep) -> RefundOut:
+async def get_refund(
+    refund_id: Annotated[str, path_id("refund")], db_session: DbSession, principal: PrincipalDep
+) -> RefundOut:
     return RefundOut.of(await service.get(db_session, principal, refund_id))
 
 
@@ -106,7 +106,7 @@ async def get_refund(refund_id: FromPath[str], db_session: DbSession, principal:
     responses=problem_responses(401, 403, 404, 409, 423),
 )
 async def approve_refund(
-    refund_id: FromPath[str], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+    refund_id: Annotated[str, path_id("refund")], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> RefundOut:
     return RefundOut.of(await service.approve(db_session, settings, principal, refund_id))
 
@@ -120,6 +120,9 @@ async def approve_refund(
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def reject_refund(
-    refund_id: FromPath[str], data: JSONBody[Rejection], db_session: DbSession, principal: PrincipalDep
+    refund_id: Annotated[str, path_id("refund")],
+    data: JSONBody[Rejection],
+    db_session: DbSession,
+    principal: PrincipalDep,
 ) -> RefundOut:
     return RefundOut.of(await service.reject(db_session, principal, refund_id, data.reason))

@@ -3,6 +3,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
 
 
@@ -19,7 +20,7 @@ class RefundQuote(BaseModel):
     rule: str
 
 
-class RefundRequest(BaseModel):
+class RefundRequest(RequestModel):
     cause: Literal["consumer", "merchant"] = Field(
         default="consumer",
         description="consumer: you end the card (approved at once); merchant: the merchant failed you (approved by "
@@ -29,7 +30,7 @@ class RefundRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-class Rejection(BaseModel):
+class Rejection(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
