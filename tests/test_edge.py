@@ -127,8 +127,11 @@ class TestParameters:
         assert body["errors"][0]["rule"] == "max_length"
 
     async def test_a_closure_items_cursor_beyond_int4(self, client: httpx.AsyncClient, world: World) -> None:
-        closure = await client.post("/v1/closures", json={"merchant_id": world.merchant_id, "reason": "edge"}, headers={
-            **bearer(world.regulator), **key()})
+        closure = await client.post(
+            "/v1/closures",
+            json={"merchant_id": world.merchant_id, "reason": "edge"},
+            headers={**bearer(world.regulator), **key()},
+        )
         assert closure.status_code == 201, closure.text
         path = f"/v1/closures/{closure.json()['id']}/items?cursor={cursor('2147483648')}"
         assert_refused(await client.get(path, **world.as_role("regulator")), 422)
@@ -153,9 +156,7 @@ class TestParameters:
         assert kept.status == 422 and kept.object_id == long_id[:80]
 
     async def test_a_stream_validates_before_its_first_byte(self, client: httpx.AsyncClient, world: World) -> None:
-        response = await client.get(
-            "/v1/reconciliation/breaks.csv?escrow_account_id=%00", **world.as_role("regulator")
-        )
+        response = await client.get("/v1/reconciliation/breaks.csv?escrow_account_id=%00", **world.as_role("regulator"))
         assert_refused(response, 422)
 
 
@@ -208,9 +209,7 @@ class TestBodies:
         body = assert_refused(await self.post_plan(client, world, json.dumps(nested).encode()), 422)
         assert body["errors"][0]["field"] == "price.fee"
 
-    async def test_a_nul_in_a_string_is_refused_naming_the_field(
-        self, client: httpx.AsyncClient, world: World
-    ) -> None:
+    async def test_a_nul_in_a_string_is_refused_naming_the_field(self, client: httpx.AsyncClient, world: World) -> None:
         body = assert_refused(await self.post_plan(client, world, json.dumps(self.plan(name="a\x00b")).encode()), 422)
         assert body["errors"][0]["field"] == "name" and body["errors"][0]["rule"] == "no_nul"
 
@@ -225,9 +224,7 @@ class TestBodies:
         body = assert_refused(await self.post_plan(client, world, content), 400)
         assert body["code"] == "malformed_json"
 
-    @pytest.mark.parametrize(
-        "content_type", ["application/xml", "text/plain", "application/x-www-form-urlencoded", ""]
-    )
+    @pytest.mark.parametrize("content_type", ["application/xml", "text/plain", "application/x-www-form-urlencoded", ""])
     async def test_a_body_that_is_not_json_by_its_media_type_is_415(
         self, client: httpx.AsyncClient, world: World, content_type: str
     ) -> None:
@@ -382,9 +379,7 @@ async def test_no_input_gives_a_5xx_on_any_route(client: httpx.AsyncClient, worl
     for path, method, operation in _operations(app):
         params = [p for p in operation.get("parameters", []) if p["in"] in {"path", "query"}]
         fill = {p["name"]: "card_0000000000000000000000000X" for p in params if p["in"] == "path"}
-        body_schema = (
-            operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-        )
+        body_schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
         for role in _roles_of(operation):
             auth = world.as_role(role) if role != "anonymous" else {}
             headers = {**auth.pop("headers", {}), **key()}

@@ -144,7 +144,9 @@ async def record_many(
         at = f"services[{index}]." if in_batch else ""
         card = by_id.get(service.card_id)
         if card is None:
-            raise NotFound(f"no card {service.card_id}", errors=_item(at, "card_id", f"no card {service.card_id}", "exists"))
+            raise NotFound(
+                f"no card {service.card_id}", errors=_item(at, "card_id", f"no card {service.card_id}", "exists")
+            )
         units, field = _units(card, service, at)
         _check(card, states[card.id], units, field, at, today)
         amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
@@ -196,7 +198,9 @@ def _item(at: str, field: str, message: str, rule: str = "invalid") -> list[dict
 def _units(card: db.Row, service: Service, at: str) -> tuple[int, str]:
     """What a service takes from its locked card: sessions or face value (the card's own state checked first)."""
     if card.status != "active":
-        raise cards.CardNotActive(f"card {card.id} is {card.status}", errors=_item(at, "card_id", card.status, "card_status"))
+        raise cards.CardNotActive(
+            f"card {card.id} is {card.status}", errors=_item(at, "card_id", card.status, "card_status")
+        )
     if card.kind == "period":
         raise InvalidState(
             "period memberships release day by day on their own; nothing to record",
@@ -220,7 +224,9 @@ def _check(card: db.Row, state: Any, units: int, field: str, at: str, today: dat
         raise RefundInProgress(
             f"card {card.id} has a refund request open", errors=_item(at, "card_id", "refund requested", "refund_open")
         )
-    cards.check_account_status(card.id, state["account_status"], _item(at, "card_id", "escrow account not active", "account_status"))
+    cards.check_account_status(
+        card.id, state["account_status"], _item(at, "card_id", "escrow account not active", "account_status")
+    )
     if card.units_used + units > card.units_total:
         left = card.units_total - card.units_used
         raise ExceedsRemaining(
