@@ -9,7 +9,7 @@ against this document.
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from litestar import MediaType, Request, get
 from litestar.handlers import HTTPRouteHandler
@@ -17,6 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json
+from pydantic import BaseModel
 
 import escrow
 from escrow.idempotency import KEY_PATTERN as IDEMPOTENCY_PATTERN
@@ -102,20 +103,20 @@ def _bank_headers(required: bool) -> list[dict[str, Any]]:
     return [
         _header(
             "X-Escrow-Timestamp",
-            f"{who}: unix seconds, within 300 s of the server's clock.",
-            {"type": "string", "pattern": r"^[0-9]{1,12}$"},
+            f"{who}: unix seconds (digits), within 300 s of the server's clock.",
+            {"type": "string"},
             required=required,
         ),
         _header(
             "X-Escrow-Nonce",
-            f"{who}: a random value used once (16 to 128 characters).",
-            {"type": "string", "minLength": 16, "maxLength": 128},
+            f"{who}: a random value used once, 16 to 128 characters of [A-Za-z0-9_-].",
+            {"type": "string"},
             required=required,
         ),
         _header(
             "X-Escrow-Signature",
-            f"{who}: the request's signature (see the security scheme bankSignature).",
-            {"type": "string", "pattern": r"^[0-9a-f]{64}$"},
+            f"{who}: the request's signature, lowercase hex (see the security scheme bankSignature).",
+            {"type": "string"},
             required=required,
         ),
     ]
@@ -142,11 +143,65 @@ def _describe_access(roles: tuple[str, ...], own: tuple[str, ...], idempotent: b
     return " ".join(lines)
 
 
+_CONSTRAINTS = ("pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _pydantic_models(app: Any) -> dict[str, type[BaseModel]]:
+    """The pydantic models of request bodies and responses, by name, with the models they nest."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def visit(annotation: Any) -> None:
+        for arg in get_args(annotation):
+            visit(arg)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation.__name__ not in found:
+            found[annotation.__name__] = annotation
+            for field in annotation.model_fields.values():
+                visit(field.annotation)
+
+    for route in app.routes:
+        for handler, _ in getattr(route, "route_handler_map", {}).values():
+            signature = handler.parsed_fn_signature
+            visit(signature.return_type.annotation)
+            if "data" in signature.parameters:
+                visit(signature.parameters["data"].annotation)
+    return found
+
+
+def _state_constraints(components: dict[str, Any], models: dict[str, type[BaseModel]]) -> None:
+    """Copy what pydantic validates and Litestar's schemas leave out (patterns, bounds, refused unknown fields)
+    into the component schemas, so generated and hand-written clients see every rule the server applies."""
+    for name, schema in components.get("schemas", {}).items():
+        model = models.get(name)
+        if model is None:
+            continue
+        validation = model.model_json_schema(mode="validation")
+        if model.model_config.get("extra") == "forbid":
+            schema["additionalProperties"] = False
+        for field, rules in validation.get("properties", {}).items():
+            target = schema.get("properties", {}).get(field)
+            if target is None:
+                continue
+            for variant in (rules, *rules.get("anyOf", ())):
+                for keyword in _CONSTRAINTS:
+                    if keyword in variant:
+                        holder = _string_or_number_branch(target, variant)
+                        holder.setdefault(keyword, variant[keyword])
+
+
+def _string_or_number_branch(target: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """The part of a property's schema of the same type as ``variant`` (a nullable field has a oneOf)."""
+    for branch in target.get("oneOf", target.get("anyOf", ())):
+        if branch.get("type") == variant.get("type"):
+            return branch
+    return target
+
+
 def contract(app: Any) -> dict[str, Any]:
     """The OpenAPI document of ``app``, completed from its route table (see the module's docstring)."""
     document: dict[str, Any] = json.loads(encode_json(app.openapi_schema.to_schema()))
     components = document.setdefault("components", {})
     components["securitySchemes"] = _SECURITY_SCHEMES
+    _state_constraints(components, _pydantic_models(app))
     problem = {"$ref": "#/components/schemas/Problem"}
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
@@ -181,8 +236,8 @@ def contract(app: Any) -> dict[str, Any]:
                         required=True,
                     )
                 )
-            if "bank" in roles:
-                parameters.extend(_bank_headers(required=roles == ("bank",)))
+            if roles == ("bank",):  # where other roles may call too, the security scheme names the headers
+                parameters.extend(_bank_headers(required=True))
             if not parameters:
                 del operation["parameters"]
             statuses = {400, 503}

@@ -384,7 +384,14 @@ async def test_no_input_gives_a_5xx_on_any_route(client: httpx.AsyncClient, worl
             auth = world.as_role(role) if role != "anonymous" else {}
             headers = {**auth.pop("headers", {}), **key()}
 
-            async def call(url: str, content: bytes | None = None, content_type: str = "application/json") -> None:
+            async def call(
+                url: str,
+                content: bytes | None = None,
+                content_type: str = "application/json",
+                method: str = method,
+                headers: dict[str, str] = headers,
+                auth: dict[str, Any] = auth,
+            ) -> None:
                 nonlocal sent
                 extra = {"content-type": content_type} if content is not None else {}
                 response = await client.request(

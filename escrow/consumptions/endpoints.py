@@ -11,7 +11,7 @@ from escrow.consumptions.schemas import (
     ConsumptionCreate,
     ConsumptionOut,
     Dispute,
-    Resolution,
+    DisputeResolution,
 )
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
@@ -130,7 +130,7 @@ async def dispute_consumption(
 )
 async def resolve_consumption(
     consumption_id: Annotated[str, path_id("consumption")],
-    data: JSONBody[Resolution],
+    data: JSONBody[DisputeResolution],
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> ConsumptionOut:

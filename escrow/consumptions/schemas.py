@@ -33,7 +33,7 @@ class Dispute(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class Resolution(RequestModel):
+class DisputeResolution(RequestModel):
     outcome: Literal["confirm", "void"]
     note: str | None = Field(default=None, max_length=500)
 

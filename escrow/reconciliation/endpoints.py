@@ -31,13 +31,13 @@ from escrow.reconciliation.schemas import (
     BalanceCheck,
     BreakKind,
     BreakOut,
+    BreakResolution,
     BreakState,
     DayOut,
     LineCounts,
     LineOut,
     LineOutcome,
     MatchingRun,
-    Resolution,
     StatementBalance,
     StatementIn,
     StatementOut,
@@ -425,7 +425,7 @@ async def get_break(
 )
 async def resolve_break(
     break_id: Annotated[str, path_id("break")],
-    data: JSONBody[Resolution],
+    data: JSONBody[BreakResolution],
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,

@@ -154,7 +154,7 @@ class BreakOut(BaseModel):
     card_id: str | None
 
 
-class Resolution(RequestModel):
+class BreakResolution(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["accept", "adjust", "attach_to_card"] = Field(

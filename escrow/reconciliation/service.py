@@ -76,7 +76,7 @@ from escrow.reconciliation.parsing import (
     camt053_statements,
     json_file_statement,
 )
-from escrow.reconciliation.schemas import Resolution
+from escrow.reconciliation.schemas import BreakResolution
 
 ADJUSTMENT = "reconciliation_adjustment"  # the ledger kind of an adjusting entry
 COPY_COLUMNS = (
@@ -469,7 +469,7 @@ async def _attach(
 
 
 async def resolve_break(
-    session: AsyncSession, settings: Settings, principal: Principal, break_id: str, data: Resolution
+    session: AsyncSession, settings: Settings, principal: Principal, break_id: str, data: BreakResolution
 ) -> ReconciliationBreak:
     found = await get_break(session, principal, break_id)
     await lock_account(session, found.escrow_account_id)
