@@ -17,6 +17,8 @@ from escrow.models import AuditRecord
 
 
 class AuditOut(BaseModel):
+    """One record of the audit trail: who called which operation on which object, and how it ended."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -57,6 +59,10 @@ async def list_audit(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[AuditOut]:
+    """Lists the audit trail, newest first, one record per state-changing request and per refusal. Filter by principal,
+    exact action (`METHOD /path`), object id, outcome and a time range (`since` inclusive, `until` exclusive);
+    cursor-paginated.
+    """
     query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit + 1)
     for column, value in (
         (AuditRecord.principal_id, principal_id),

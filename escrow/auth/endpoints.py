@@ -19,12 +19,16 @@ ANYONE_SIGNED_IN = ("regulator", "bank", "merchant", "consumer")
 
 
 class Me(BaseModel):
+    """The principal the presented token belongs to."""
+
     principal_id: str
     role: str
     token_id: str
 
 
 class TokenOut(BaseModel):
+    """An API token, without its secret."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -37,16 +41,21 @@ class TokenOut(BaseModel):
 
 
 class TokenIssued(BaseModel):
+    """A token and its secret, which this response shows once."""
+
     token: TokenOut
     secret: str = Field(description="Shown once; only its hash is stored.")
 
 
 class RegulatorTokenCreate(RequestModel):
+    """A new regulator token."""
+
     name: str = Field(min_length=1, max_length=200)
 
 
 @get("/v1/me", guards=[requires(*ANYONE_SIGNED_IN)], tags=TAGS, summary="The caller", responses=problem_responses(401))
 async def me(principal: PrincipalDep) -> Me:
+    """Returns the principal of the presented token: its id, role and token id."""
     return Me(principal_id=principal.id, role=principal.role, token_id=principal.token_id)
 
 
@@ -58,6 +67,7 @@ async def me(principal: PrincipalDep) -> Me:
     responses=problem_responses(401),
 )
 async def list_tokens(db_session: DbSession, principal: PrincipalDep) -> list[TokenOut]:
+    """Lists API tokens, revoked ones included: a bank, merchant or consumer sees its own, the regulator everyone's."""
     return [TokenOut.model_validate(t) for t in await tokens.list_tokens(db_session, principal)]
 
 
@@ -70,6 +80,9 @@ async def list_tokens(db_session: DbSession, principal: PrincipalDep) -> list[To
     responses=problem_responses(401, 403, 422),
 )
 async def create_regulator_token(data: JSONBody[RegulatorTokenCreate], db_session: DbSession) -> TokenIssued:
+    """Issues another regulator token; its secret is in this response only, and a replay of the request is refused with
+    409 `secret_already_issued` rather than showing it again.
+    """
     token, secret = await tokens.issue_token(db_session, "regulator", data.name)
     return TokenIssued(token=TokenOut.model_validate(token), secret=secret)
 
@@ -85,6 +98,9 @@ async def create_regulator_token(data: JSONBody[RegulatorTokenCreate], db_sessio
 async def rotate_token(
     token_id: Annotated[str, path_id("token")], db_session: DbSession, principal: PrincipalDep
 ) -> TokenIssued:
+    """Gives the token a new secret, shown in this response only; the old secret stops working at once. A revoked token
+    can't be rotated (409 `conflict`); a replay is refused with 409 `secret_already_issued`.
+    """
     token, secret = await tokens.rotate(db_session, principal, token_id)
     return TokenIssued(token=TokenOut.model_validate(token), secret=secret)
 
@@ -100,4 +116,7 @@ async def rotate_token(
 async def revoke_token(
     token_id: Annotated[str, path_id("token")], db_session: DbSession, principal: PrincipalDep
 ) -> TokenOut:
+    """Revokes a token at once: requests with its secret are refused with 401 from now on. Revoking an already revoked
+    token changes nothing.
+    """
     return TokenOut.model_validate(await tokens.revoke(db_session, principal, token_id))

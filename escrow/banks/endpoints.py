@@ -22,6 +22,9 @@ TAGS = ["banks"]
     responses=problem_responses(401, 403, 409, 422),
 )
 async def create_bank(data: JSONBody[BankCreate], db_session: DbSession, keyring: KeyringDep) -> BankCreated:
+    """Admits a custodian bank and issues its API token and request-signing secret, both shown in this response only (a
+    replay is refused with 409 `secret_already_issued`). A bank code already taken is refused with 409 `conflict`.
+    """
     bank, token, signing_secret = await service.create(db_session, keyring, data)
     return BankCreated(bank=BankOut.model_validate(bank), token=token, signing_secret=signing_secret)
 
@@ -30,6 +33,7 @@ async def create_bank(data: JSONBody[BankCreate], db_session: DbSession, keyring
     "/v1/banks", guards=[requires("regulator")], tags=TAGS, summary="List banks", responses=problem_responses(401, 403)
 )
 async def list_banks(db_session: DbSession) -> list[BankOut]:
+    """Lists every custodian bank, oldest first."""
     return [BankOut.model_validate(b) for b in await service.list_all(db_session)]
 
 
@@ -41,4 +45,5 @@ async def list_banks(db_session: DbSession) -> list[BankOut]:
     responses=problem_responses(401, 403, 404),
 )
 async def get_bank(bank_id: Annotated[str, path_id("bank")], db_session: DbSession, principal: PrincipalDep) -> BankOut:
+    """Returns one custodian bank; a bank sees only itself."""
     return BankOut.model_validate(await service.get(db_session, principal, bank_id))

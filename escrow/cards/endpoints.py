@@ -62,6 +62,13 @@ def card_out(card: Card | Row) -> CardOut:
 async def sell_card(
     data: JSONBody[CardSale], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> CardSold:
+    """Sells a card of one of the merchant's active plans to a consumer it registered; the card is `awaiting_payment`
+    until the bank reports the consumer's deposit (no money moves yet). The answer says where the consumer pays: the
+    escrow account and the payment reference to quote. Refused with 409 `sales_stopped` when the merchant or escrow
+    account isn't active, with 422 for an unknown or retired plan, an unregistered consumer or an ambiguous escrow
+    account, and with 422 `plan_rule_broken` when the plan breaks today's category caps or a gym consumer's prepaid
+    total would exceed its limit.
+    """
     sale = await service.sell(db_session, settings, principal, data)
     return CardSold(
         card=card_out(sale.card),
@@ -112,6 +119,9 @@ async def list_cards(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[CardOut]:
+    """Lists cards in id order, filtered by status and merchant; cursor-paginated. A merchant sees its own, a bank those
+    in the escrow accounts it holds, the regulator all.
+    """
     return await _page(db_session, principal, status, merchant_id, cursor, limit)
 
 
@@ -129,6 +139,7 @@ async def my_cards(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[CardOut]:
+    """Lists the signed-in consumer's own cards in id order, optionally filtered by status; cursor-paginated."""
     return await _page(db_session, principal, status, None, cursor, limit)
 
 
@@ -142,6 +153,10 @@ async def my_cards(
 async def get_card(
     card_id: Annotated[str, path_id("card")], db_session: DbSession, principal: PrincipalDep
 ) -> CardDetail:
+    """Returns a card with its balances: value remaining, the part of it protected by custody and the unprotected part,
+    what is held by services awaiting confirmation or disputed (each listed), and what was released to the merchant
+    and refunded.
+    """
     card = await service.get(db_session, principal, card_id)
     balances = await service.balances(db_session, card)
     pending = [
@@ -181,6 +196,9 @@ async def card_history(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[HistoryLine]:
+    """Lists the journal entries that moved the card's balance, newest first (payment, services held, released or
+    voided, refunds, transfers); cursor-paginated.
+    """
     card = await service.get(db_session, principal, card_id)
     items = await service.history(db_session, card, before=decode_cursor(cursor, int8), limit=limit + 1)
 
@@ -207,6 +225,10 @@ async def card_history(
 async def escrow_account_totals(
     escrow_account_id: Annotated[str, path_id("escrow account")], db_session: DbSession, principal: PrincipalDep
 ) -> AccountTotals:
+    """Returns the escrow account's ledger totals: custody cash, the cards' protected and unprotected unused value, what
+    is payable to the merchant (payouts in flight included) and to consumers, and how many cards are active or
+    awaiting payment.
+    """
     totals = await service.account_totals(db_session, principal, escrow_account_id)
     counts = {k: totals.pop(k) for k in ("cards_active", "cards_awaiting_payment")}
     return AccountTotals(
@@ -224,6 +246,10 @@ async def escrow_account_totals(
 async def list_unapplied_deposits(
     db_session: DbSession, principal: PrincipalDep, limit: Limit = 100
 ) -> list[UnappliedDepositOut]:
+    """Lists deposits the bank reported that were refused and not put on any card (unknown reference, wrong amount, card
+    already paid or cancelled, account not active), newest first, up to `limit`; they are left to reconciliation. A
+    bank sees its own.
+    """
     rows = await service.unapplied_deposits(db_session, principal, limit)
     return [
         UnappliedDepositOut(

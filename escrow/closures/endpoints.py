@@ -99,6 +99,12 @@ async def _with_totals(db_session: DbSession, closure: Closure) -> ClosureOut:
 async def open_closure(
     data: JSONBody[ClosureCreate], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> ClosureOut:
+    """Opens the merchant's closure: the merchant becomes `closing` and sales stop at once. A merchant announces it at
+    least ESCROW_CLOSURE_NOTICE_DAYS ahead (services go on until then); the regulator may order it from a date or,
+    leaving `effective_on` out, at once, which freezes the escrow accounts now (open refund requests superseded,
+    unpaid cards cancelled, no movement but the settlement's). Refused with 409 `invalid_state` when the merchant
+    isn't active or suspended or already has a closure, and with 422 for a date too early.
+    """
     return closure_out(await service.open_closure(db_session, settings, principal, data))
 
 
@@ -110,6 +116,9 @@ async def open_closure(
     responses=problem_responses(401, 403),
 )
 async def list_closures(db_session: DbSession, principal: PrincipalDep) -> list[ClosureOut]:
+    """Lists closures, oldest first: a merchant sees its own and those it is proposed as successor of, the regulator
+    all.
+    """
     return [closure_out(c) for c in await service.list_visible(db_session, principal)]
 
 
@@ -123,6 +132,9 @@ async def list_closures(db_session: DbSession, principal: PrincipalDep) -> list[
 async def get_closure(
     closure_id: Annotated[str, path_id("closure")], db_session: DbSession, principal: PrincipalDep
 ) -> ClosureOut:
+    """Returns a closure with its settlement plan's totals by source (custody, set-off, the fund, unpaid, transferred)
+    and its progress, items done out of total.
+    """
     return await _with_totals(db_session, await service.get(db_session, principal, closure_id))
 
 
@@ -140,6 +152,12 @@ async def compute_plan(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> ClosureOut:
+    """Computes, or computes again, the settlement plan of a frozen closure without moving money, so it can be reviewed:
+    per card, what custody pays, what the merchant's unpaid payable covers by set-off, what the fund pays within its
+    per-consumer cap (pro rata when short) and what stays unpaid; cards whose consumer accepted a takeover move to
+    the successor. Services still held are voided and payouts the bank hasn't taken are cancelled first. Refused with
+    409 `invalid_state` unless the closure is `frozen`.
+    """
     return await _with_totals(db_session, await service.plan(db_session, settings, principal, closure_id))
 
 
@@ -157,6 +175,7 @@ async def list_items(
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> Page[ItemOut]:
+    """Lists the closure's settlement plan item by item, in plan order; cursor-paginated."""
     closure = await service.get(db_session, principal, closure_id, items=True)
     rows = await service.items_page(db_session, closure.id, after=decode_cursor(cursor, int4), limit=limit)
     return page_of(rows, limit, item_out, lambda i: i.seq)
@@ -187,6 +206,7 @@ CSV_HEADER = (
 async def plan_csv(
     closure_id: Annotated[str, path_id("closure")], db_session: DbSession, principal: PrincipalDep, request: Request
 ) -> Stream:
+    """Streams the whole settlement plan as CSV, one row per item in plan order, amounts in integer fen."""
     closure = await service.get(db_session, principal, closure_id, items=True)
     sessionmaker = request.app.state.sessionmaker
 
@@ -230,6 +250,11 @@ async def start_settlement(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> ClosureOut:
+    """Fixes the plan against the fund's balance now and starts executing it (status `settling`); the service then
+    settles the items in batches, each committed whole, and the closure becomes `settled` when all are done. Refused
+    with 409 `invalid_state` unless the closure is `frozen`, and with 409 `takeover_open` while consumers may still
+    answer a takeover.
+    """
     return await _with_totals(db_session, await service.start(db_session, settings, principal, closure_id))
 
 
@@ -247,6 +272,11 @@ async def propose_takeover(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> ClosureOut:
+    """Proposes another active merchant with an active escrow account as successor: consumers may accept the move of
+    their cards (with their custodied funds) until the deadline; those who decline or don't answer are refunded.
+    Refused with 409 `invalid_state` once the plan is fixed, and with 422 for an unsuitable successor or a past
+    deadline.
+    """
     return closure_out(await service.propose_takeover(db_session, principal, closure_id, data))
 
 
@@ -264,6 +294,10 @@ async def answer_takeover(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> TakeoverDecisionOut:
+    """The consumer accepts the move of an active card to the proposed successor, or declines it (and is refunded in the
+    settlement); the answer may be changed until the deadline. Refused with 409 `invalid_state` when no takeover is
+    proposed or it is no longer open, and with 409 `card_not_active`.
+    """
     row = await service.decide_takeover(db_session, principal, card_id, data.decision)
     return TakeoverDecisionOut(
         closure_id=row.closure_id, card_id=row.card_id, decision=row.decision, decided_at=row.decided_at
@@ -281,6 +315,10 @@ async def answer_takeover(
 async def confirm(
     closure_id: Annotated[str, path_id("closure")], db_session: DbSession, principal: PrincipalDep
 ) -> ConfirmationOut:
+    """Confirms a settled closure: what is left of each escrow account's merchant_payable (the surplus) is instructed to
+    the merchant, and the merchant and its escrow accounts are closed. Refused with 409 `invalid_state` unless the
+    closure is `settled`.
+    """
     closure, made = await service.confirm(db_session, principal, closure_id)
     return ConfirmationOut(closure=await _with_totals(db_session, closure), surplus_instructions=[i.id for i in made])
 
@@ -293,4 +331,7 @@ async def confirm(
     responses=problem_responses(401, 403),
 )
 async def my_statements(db_session: DbSession, principal: PrincipalDep) -> list[dict]:
+    """Lists the consumer's cards settled by closures: what was owed, and what custody, set-off and the fund paid, what
+    was transferred, and what is still unpaid.
+    """
     return [service.statement(item) for item in await service.consumer_statements(db_session, principal.id)]

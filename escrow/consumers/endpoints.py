@@ -44,6 +44,7 @@ async def register_consumer(
 async def get_consumer(
     consumer_id: Annotated[str, path_id("consumer")], db_session: DbSession, principal: PrincipalDep
 ) -> ConsumerOut:
+    """Returns one consumer: a consumer sees itself, a merchant the consumers it registered."""
     return ConsumerOut.model_validate(await service.get(db_session, principal, consumer_id))
 
 
@@ -62,6 +63,9 @@ async def issue_sign_in_code(
     keyring: KeyringDep,
     principal: PrincipalDep,
 ) -> SignInCode:
+    """Issues a one-time six-digit sign-in code for the consumer, valid for ESCROW_CONSUMER_CODE_TTL_SECONDS, replacing
+    any code still open. The code is in this response only; a replay is refused with 409 `secret_already_issued`.
+    """
     code, expires_at = await service.issue_code(db_session, settings, keyring, principal, consumer_id)
     return SignInCode(code=code, expires_at=expires_at)
 
@@ -81,6 +85,10 @@ async def sign_in_consumer(
     settings: SettingsDep,
     keyring: KeyringDep,
 ) -> ConsumerTokenIssued:
+    """Exchanges the consumer's phone number and one-time code for a consumer token. A wrong, used or expired code is
+    refused with 401 `invalid_code`, and every try spends one of the code's ESCROW_CONSUMER_CODE_ATTEMPTS; the
+    request is not idempotent (the code is single-use).
+    """
     consumer, token = await service.sign_in(
         db_session, request.app.state.sessionmaker, settings, keyring, data.phone, data.code
     )

@@ -7,6 +7,8 @@ from escrow.kit.crypto import normalize_phone
 
 
 class ConsumerRegister(RequestModel):
+    """A consumer, identified by phone number."""
+
     phone: str = Field(
         description="Mainland mobile number; only a keyed hash and a masked form are kept.", examples=["13812345678"]
     )
@@ -18,6 +20,8 @@ class ConsumerRegister(RequestModel):
 
 
 class ConsumerOut(BaseModel):
+    """A consumer, shown with a masked phone number only."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -26,14 +30,20 @@ class ConsumerOut(BaseModel):
 
 
 class SignInCode(BaseModel):
+    """A one-time sign-in code, shown once."""
+
     code: str = Field(description="Six-digit one-time code; a deployment sends it to the phone by SMS instead.")
     expires_at: datetime
 
 
 class ConsumerTokenRequest(ConsumerRegister):
+    """A consumer's sign-in: phone number and one-time code."""
+
     code: str = Field(pattern=r"^\d{6}$")
 
 
 class ConsumerTokenIssued(BaseModel):
+    """The signed-in consumer and its API token, shown once."""
+
     consumer: ConsumerOut
     token: str = Field(description="The consumer's API token, shown once.")

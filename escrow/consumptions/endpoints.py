@@ -36,6 +36,12 @@ async def record_consumption(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> ConsumptionOut:
+    """Records a service rendered on an active sessions or stored-value card: its value is held on the card (a pending
+    ledger movement) until the consumer confirms it or the confirmation window passes. Refused with 409
+    `card_not_active` (card not active, expired, or its escrow account not active), `refund_in_progress`,
+    `exceeds_remaining` (more than is left) or `invalid_state` (period memberships release day by day on their own),
+    and with 422 when the field doesn't fit the card's kind.
+    """
     return ConsumptionOut.of(await service.record(db_session, settings, principal, card_id, data))
 
 
@@ -72,6 +78,9 @@ async def list_consumptions(
     card_id: Annotated[str | None, query_id("card")] = None,
     limit: Limit = 100,
 ) -> list[ConsumptionOut]:
+    """Lists service records in id order, filtered by status (e.g. `disputed`) and card, up to `limit`: a merchant sees
+    those on its cards, a consumer those on its own.
+    """
     rows = await service.list_visible(db_session, principal, status=status, card_id=card_id, limit=limit)
     return [ConsumptionOut.of(c) for c in rows]
 
@@ -86,6 +95,7 @@ async def list_consumptions(
 async def get_consumption(
     consumption_id: Annotated[str, path_id("consumption")], db_session: DbSession, principal: PrincipalDep
 ) -> ConsumptionOut:
+    """Returns one service record."""
     return ConsumptionOut.of(await service.get(db_session, principal, consumption_id))
 
 
@@ -100,6 +110,10 @@ async def get_consumption(
 async def confirm_consumption(
     consumption_id: Annotated[str, path_id("consumption")], db_session: DbSession, principal: PrincipalDep
 ) -> ConsumptionOut:
+    """The consumer confirms a service awaiting confirmation: its hold posts and its value is released from the card to
+    the merchant's payable (custodied and unprotected parts alike). Confirming a confirmed service again changes
+    nothing; any other state is refused with 409 `invalid_state`.
+    """
     return ConsumptionOut.of(await service.confirm(db_session, principal, consumption_id))
 
 
@@ -117,6 +131,10 @@ async def dispute_consumption(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> ConsumptionOut:
+    """The consumer disputes a service awaiting confirmation, with a reason: its value stays held on the card until the
+    merchant or the regulator resolves it. Refused with 409 `invalid_state` once the service is no longer awaiting
+    confirmation or its confirmation window has passed.
+    """
     return ConsumptionOut.of(await service.dispute(db_session, principal, consumption_id, data.reason))
 
 
@@ -134,4 +152,7 @@ async def resolve_consumption(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> ConsumptionOut:
+    """Settles a disputed service: `confirm` releases its value to the merchant, `void` releases the hold and gives the
+    card its value and units back. Refused with 409 `invalid_state` unless the service is disputed.
+    """
     return ConsumptionOut.of(await service.resolve(db_session, principal, consumption_id, data.outcome, data.note))

@@ -8,6 +8,8 @@ from escrow.kit.money import Money
 
 
 class ConsumptionCreate(RequestModel):
+    """A service rendered on one card: sessions for a sessions card, face value for a stored-value card."""
+
     sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
     face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
     note: str | None = Field(default=None, max_length=500, examples=["Spin class 19:00"])
@@ -17,6 +19,8 @@ MAX_BATCH = 200  # services per batch: a class, a lesson, a day's appointments
 
 
 class ServiceRendered(RequestModel):
+    """One service of a batch: the card, and sessions or face value as its kind requires."""
+
     card_id: str = Field(min_length=1, max_length=40)
     sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
     face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
@@ -30,28 +34,53 @@ class ConsumptionBatch(RequestModel):
 
 
 class Dispute(RequestModel):
+    """The consumer's reason for disputing a service."""
+
     reason: str = Field(min_length=1, max_length=500)
 
 
+<<<<<<< HEAD
 class DisputeResolution(RequestModel):
     outcome: Literal["confirm", "void"]
     note: str | None = Field(default=None, max_length=500)
+=======
+class Resolution(RequestModel):
+    """How a disputed service is settled: it stands (confirm) or is taken back (void)."""
+
+    outcome: Literal["confirm", "void"] = Field(
+        description="confirm: the service stands and its value is released; void: it is taken back and the card gets "
+        "its value back."
+    )
+    note: str | None = Field(default=None, max_length=500, description="Kept with the service record.")
+>>>>>>> docs
 
 
 class ConsumptionOut(BaseModel):
+    """A service the merchant recorded on a card, and where it stands."""
+
     id: str
     card_id: str
-    units: int
+    units: int = Field(description="Units the service took: sessions, fen of face value, or days (period memberships).")
     value: Money = Field(description="What the service is worth out of the card's price.")
     protected: Money = Field(description="The custodied part of that value.")
-    status: str
+    status: str = Field(
+        description="pending_confirmation (value held; the consumer may confirm or dispute); confirmed (value "
+        "released to the merchant); disputed (held until resolved); voided (taken back, value returned to the card)."
+    )
     note: str | None
-    service_date: date | None
+    service_date: date | None = Field(
+        description="Period memberships: the day this record released (they release day by day on their own)."
+    )
     recorded_at: datetime
-    confirm_by: datetime | None
+    confirm_by: datetime | None = Field(
+        description="When it confirms itself unless the consumer confirms or disputes it first."
+    )
     resolved_at: datetime | None
-    resolved_by: str | None
-    dispute_reason: str | None
+    resolved_by: str | None = Field(
+        description="Who settled it: `consumer`, `auto` (the confirmation window passed), `schedule` (a period "
+        "membership's day), or the id of the merchant or regulator who resolved the dispute."
+    )
+    dispute_reason: str | None = Field(description="The consumer's reason, when disputed.")
 
     @classmethod
     def of(cls, c) -> "ConsumptionOut":  # type: ignore[no-untyped-def]
@@ -73,4 +102,6 @@ class ConsumptionOut(BaseModel):
 
 
 class ConsumptionBatchOut(BaseModel):
+    """The services recorded by one batch."""
+
     consumptions: list[ConsumptionOut] = Field(description="One per service, in the order given.")

@@ -24,6 +24,10 @@ ACCOUNT = "/v1/escrow-accounts/{escrow_account_id:str}"
 async def apply_for_escrow_account(
     data: JSONBody[EscrowAccountCreate], db_session: DbSession, principal: PrincipalDep
 ) -> EscrowAccountOut:
+    """Applies for an escrow account at a custodian bank; it starts `pending` until the bank activates or rejects it.
+    Refused with 409 `invalid_state` unless the merchant is active, with 409 `conflict` when it already has an open
+    account at that bank, and with 422 for an unknown bank.
+    """
     return EscrowAccountOut.model_validate(await service.apply(db_session, principal, data.bank_id))
 
 
@@ -35,6 +39,7 @@ async def apply_for_escrow_account(
     responses=problem_responses(401, 403),
 )
 async def list_escrow_accounts(db_session: DbSession, principal: PrincipalDep) -> list[EscrowAccountOut]:
+    """Lists escrow accounts, oldest first: a merchant sees its own, a bank those it holds, the regulator all."""
     return [EscrowAccountOut.model_validate(a) for a in await service.list_visible(db_session, principal)]
 
 
@@ -48,6 +53,7 @@ async def list_escrow_accounts(db_session: DbSession, principal: PrincipalDep) -
 async def get_escrow_account(
     escrow_account_id: Annotated[str, path_id("escrow account")], db_session: DbSession, principal: PrincipalDep
 ) -> EscrowAccountOut:
+    """Returns one escrow account."""
     return EscrowAccountOut.model_validate(await service.get(db_session, principal, escrow_account_id))
 
 
@@ -66,6 +72,10 @@ async def activate_escrow_account(
     principal: PrincipalDep,
     keyring: KeyringDep,
 ) -> EscrowAccountOut:
+    """The bank activates a `pending` account with its account number at the bank (stored encrypted, shown masked); the
+    account becomes `active` and its ledger book opens, so cards can be sold into it. Any other state is refused with
+    409 `invalid_state`.
+    """
     account = await service.activate(db_session, keyring, principal, escrow_account_id, data.bank_account_number)
     return EscrowAccountOut.model_validate(account)
 
@@ -84,6 +94,9 @@ async def reject_escrow_account(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> EscrowAccountOut:
+    """The bank turns down a `pending` application with a reason; the account becomes `rejected`. Any other state is
+    refused with 409 `invalid_state`.
+    """
     return EscrowAccountOut.model_validate(await service.reject(db_session, principal, escrow_account_id, data.reason))
 
 
@@ -101,6 +114,9 @@ async def freeze_escrow_account(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> EscrowAccountOut:
+    """Freezes an `active` account with a reason: no money moves in or out of it until it is unfrozen. Any other state
+    is refused with 409 `invalid_state`.
+    """
     return EscrowAccountOut.model_validate(await service.freeze(db_session, principal, escrow_account_id, data.reason))
 
 
@@ -115,4 +131,7 @@ async def freeze_escrow_account(
 async def unfreeze_escrow_account(
     escrow_account_id: Annotated[str, path_id("escrow account")], db_session: DbSession, principal: PrincipalDep
 ) -> EscrowAccountOut:
+    """Returns a `frozen` account to `active` so money may move again. Refused with 409 `invalid_state` when it isn't
+    frozen or when a closure froze it.
+    """
     return EscrowAccountOut.model_validate(await service.unfreeze(db_session, principal, escrow_account_id))

@@ -7,10 +7,14 @@ from escrow.kit.crypto import normalize_account_number
 
 
 class EscrowAccountCreate(RequestModel):
+    """An application for an escrow account at a custodian bank."""
+
     bank_id: str = Field(min_length=1, max_length=40, description="The custodian bank to apply at.")
 
 
 class EscrowAccountActivate(RequestModel):
+    """The bank's activation of an escrow account."""
+
     bank_account_number: str = Field(description="The escrow account's number at the bank; stored encrypted.")
 
     @field_validator("bank_account_number")
@@ -20,10 +24,14 @@ class EscrowAccountActivate(RequestModel):
 
 
 class Reason(RequestModel):
+    """A reason, kept with the change it explains."""
+
     reason: str = Field(min_length=1, max_length=500)
 
 
 class EscrowAccountOut(BaseModel):
+    """An escrow (custody) account of one merchant at one custodian bank."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str

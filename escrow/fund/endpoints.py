@@ -44,6 +44,10 @@ def _contribution_out(row: FundContribution, owed_payments_made: int) -> Contrib
 async def set_fund_bank_account(
     data: JSONBody[FundBankAccount], db_session: DbSession, keyring: KeyringDep
 ) -> FundBankAccountOut:
+    """Sets, or replaces, the fund's own account at a custodian bank (stored encrypted): the fund's payouts to consumers
+    are instructed to that bank. A closure needing the fund is refused with 409 `fund_not_ready` until it is set; an
+    unknown bank is refused with 422.
+    """
     return FundBankAccountOut.model_validate(await service.set_bank_account(db_session, keyring, data))
 
 
@@ -55,6 +59,10 @@ async def set_fund_bank_account(
     responses=problem_responses(401, 403),
 )
 async def fund_overview(db_session: DbSession) -> FundOverview:
+    """Returns the fund's position: its cash, what it can still commit to closures, contributions, what it owes
+    consumers (instructed, and queued because it was short), its outstanding claims on merchants, and its bank
+    account.
+    """
     view = await service.overview(db_session)
     account = view.pop("bank_account")
     return FundOverview(
@@ -74,6 +82,10 @@ async def fund_overview(db_session: DbSession) -> FundOverview:
 async def contribute(
     data: JSONBody[ContributionCreate], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> ContributionOut:
+    """Records money paid into the fund with its source (Dr fund_cash, Cr fund_contributions); compensation the fund
+    still owes is paid out of it at once, in queue order. The same bank transaction id recorded again answers with
+    the earlier contribution; with different details it is refused with 409 `conflict`; an amount of 0 with 422.
+    """
     row, paid = await service.contribute(db_session, principal, data, settings.closure_batch_size)
     return _contribution_out(row, paid)
 
@@ -86,6 +98,7 @@ async def contribute(
     responses=problem_responses(401, 403, 422),
 )
 async def list_contributions(db_session: DbSession, limit: Limit = 100) -> list[ContributionOut]:
+    """Lists contributions to the fund, newest first, up to `limit`."""
     return [_contribution_out(row, 0) for row in await service.contributions(db_session, limit)]
 
 
@@ -97,6 +110,9 @@ async def list_contributions(db_session: DbSession, limit: Limit = 100) -> list[
     responses=problem_responses(401, 403),
 )
 async def list_claims(db_session: DbSession) -> list[ClaimOut]:
+    """Lists the fund's subrogated claims, one per closed merchant's escrow account: what the fund paid that merchant's
+    consumers, what was recovered, and what is outstanding.
+    """
     return [
         ClaimOut(
             escrow_account_id=c["escrow_account_id"],
@@ -119,6 +135,11 @@ async def list_claims(db_session: DbSession) -> list[ClaimOut]:
 async def recover(
     data: JSONBody[RecoveryCreate], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> RecoveryOut:
+    """Records money paid back on the fund's subrogated claim against an escrow account: the claim goes down in both the
+    fund's and the merchant's books, and owed compensation is paid out of it at once. The same bank transaction id
+    again answers with the earlier recovery (409 `conflict` if its details differ); an amount above the outstanding
+    claim is refused with 422.
+    """
     row, paid = await service.recover(db_session, principal, data, settings.closure_batch_size)
     return RecoveryOut(
         id=row.id,

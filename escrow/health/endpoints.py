@@ -11,6 +11,7 @@ from escrow.migrate import current_revision
 
 @get("/healthz", tags=["operations"], summary="Process is alive", sync_to_thread=False)
 def healthz() -> dict[str, str]:
+    """Answers 200 while the process runs; it does not touch the database. Use it as a liveness probe."""
     return {"status": "ok"}
 
 
@@ -21,6 +22,9 @@ def healthz() -> dict[str, str]:
     responses=problem_responses(503),
 )
 async def readyz(request: Request) -> Response[dict[str, Any]]:
+    """Answers 200 with the schema's migration revision when the database answers and its schema is at the revision this
+    code expects; otherwise 503 `not_ready` (send no traffic yet).
+    """
     state = request.app.state
     try:
         async with state.engine.connect() as connection:

@@ -16,6 +16,8 @@ CURSOR_MAX_LENGTH = 200
 
 
 class Page(BaseModel, Generic[T]):
+    """One page of a list, in the list's order; pass next_cursor as `cursor` to get the next page."""
+
     items: list[T]
     next_cursor: str | None = None
 

@@ -103,6 +103,8 @@ async def seal(session: AsyncSession) -> SealResult:
 
 @dataclass
 class Check:
+    """One integrity check: whether it passed, how many rows it checked, and where it first failed."""
+
     name: str
     ok: bool = True
     checked: int = 0
@@ -116,6 +118,8 @@ class Check:
 
 @dataclass
 class VerifyReport:
+    """The ledger's integrity report: the hash chains re-verified and the invariants rechecked on one snapshot."""
+
     ok: bool
     checked_at: str
     sealed_entries: int

@@ -31,6 +31,10 @@ TAGS = ["merchants"]
 async def create_merchant(
     data: JSONBody[MerchantCreate], db_session: DbSession, keyring: KeyringDep
 ) -> MerchantCreated:
+    """Onboards a merchant (status `active`, full custody) and issues its API token, shown in this response only (a
+    replay is refused with 409 `secret_already_issued`). A unified social credit code already onboarded is refused
+    with 409 `conflict`; an invalid one with 422.
+    """
     merchant, token = await service.create(db_session, keyring, data)
     return MerchantCreated(merchant=MerchantOut.model_validate(merchant), token=token)
 
@@ -43,6 +47,7 @@ async def create_merchant(
     responses=problem_responses(401, 403),
 )
 async def list_merchants(db_session: DbSession) -> list[MerchantOut]:
+    """Lists every merchant, oldest first."""
     return [MerchantOut.model_validate(m) for m in await service.list_all(db_session)]
 
 
@@ -56,6 +61,7 @@ async def list_merchants(db_session: DbSession) -> list[MerchantOut]:
 async def get_merchant(
     merchant_id: Annotated[str, path_id("merchant")], db_session: DbSession, principal: PrincipalDep
 ) -> MerchantOut:
+    """Returns one merchant; a merchant sees only itself."""
     return MerchantOut.model_validate(await service.get(db_session, principal, merchant_id))
 
 
@@ -74,6 +80,9 @@ async def change_merchant_status(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> MerchantOut:
+    """Suspends an active merchant or reactivates a suspended one; any other change (e.g. of a closing or closed
+    merchant) is refused with 409 `invalid_transition`. The reason is kept in the audit trail.
+    """
     merchant = await service.change_status(db_session, principal, merchant_id, data)
     request.scope["state"][AUDIT_DETAIL] = {"status": data.status, "reason": data.reason}  # kept in the audit trail
     return MerchantOut.model_validate(merchant)
@@ -94,5 +103,8 @@ async def change_custody_model(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> MerchantOut:
+    """Sets whether the merchant's new sales are in full custody or at the custody ratio of its credit rating; cards
+    already sold keep the ratio fixed at their sale. The reason is kept in the audit trail.
+    """
     request.scope["state"][AUDIT_DETAIL] = {"model": data.model, "reason": data.reason}
     return MerchantOut.model_validate(await service.set_custody_model(db_session, principal, merchant_id, data.model))

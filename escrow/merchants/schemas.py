@@ -9,6 +9,8 @@ from escrow.kit.uscc import validate_uscc
 
 
 class MerchantCreate(RequestModel):
+    """A merchant to onboard."""
+
     name: str = Field(min_length=1, max_length=200, examples=["Iron Temple Fitness"])
     category: Literal["gym", "salon", "training", "other"]
     uscc: str = Field(description="Unified social credit code (GB 32100-2015), check character verified.")
@@ -28,6 +30,8 @@ class MerchantCreate(RequestModel):
 
 
 class MerchantOut(BaseModel):
+    """A merchant: identity, credit rating, custody model and status."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: str
@@ -43,16 +47,22 @@ class MerchantOut(BaseModel):
 
 
 class MerchantCreated(BaseModel):
+    """The onboarded merchant with its API token, shown once."""
+
     merchant: MerchantOut
     token: str = Field(description="The merchant's API token, shown once.")
 
 
 class MerchantStatusChange(RequestModel):
+    """A status the regulator sets by hand, with the reason kept in the audit trail."""
+
     status: Literal["active", "suspended"]
     reason: str = Field(min_length=1, max_length=500)
 
 
 class CustodyModelChange(RequestModel):
+    """The custody model to apply to the merchant's future sales, with the reason kept in the audit trail."""
+
     model: Literal["full", "ratio"] = Field(
         description="full: 100 % of every card in custody; ratio: the ratio of the merchant's credit rating."
     )

@@ -23,6 +23,10 @@ TAGS = ["plans"]
 async def create_plan(
     data: JSONBody[PlanCreate], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> PlanOut:
+    """Defines a plan of the merchant's. Refused with 422 when fields don't fit the kind, and with 422
+    `plan_rule_broken` when it breaks the caps of the merchant's category (price, sessions, days) or its terms hold a
+    void clause (no refunds, forfeiture, final interpretation); with 409 `conflict` unless the merchant is active.
+    """
     return PlanOut.of(await service.create(db_session, settings, principal, data))
 
 
@@ -34,6 +38,7 @@ async def create_plan(
     responses=problem_responses(401, 403),
 )
 async def list_plans(db_session: DbSession, principal: PrincipalDep) -> list[PlanOut]:
+    """Lists plans, oldest first, retired ones included: a merchant sees its own, the regulator all."""
     return [PlanOut.of(p) for p in await service.list_visible(db_session, principal)]
 
 
@@ -45,6 +50,7 @@ async def list_plans(db_session: DbSession, principal: PrincipalDep) -> list[Pla
     responses=problem_responses(401, 403, 404),
 )
 async def get_plan(plan_id: Annotated[str, path_id("plan")], db_session: DbSession, principal: PrincipalDep) -> PlanOut:
+    """Returns one plan."""
     return PlanOut.of(await service.get(db_session, principal, plan_id))
 
 
@@ -59,4 +65,5 @@ async def get_plan(plan_id: Annotated[str, path_id("plan")], db_session: DbSessi
 async def retire_plan(
     plan_id: Annotated[str, path_id("plan")], db_session: DbSession, principal: PrincipalDep
 ) -> PlanOut:
+    """Stops selling the plan (`active` becomes false); cards already sold keep its terms."""
     return PlanOut.of(await service.retire(db_session, principal, plan_id))

@@ -9,6 +9,8 @@ from escrow.kit.money import Money
 
 
 class PlanCreate(RequestModel):
+    """A plan to sell: exactly one of `sessions`, `face_value` or `days`, as its kind requires."""
+
     name: str = Field(min_length=1, max_length=200, examples=["20 personal-training sessions"])
     kind: Literal["sessions", "stored_value", "period"]
     price: Money = Field(description="What the consumer pays.")
@@ -49,6 +51,8 @@ def check_fields(plan: PlanCreate) -> None:
 
 
 class PlanOut(BaseModel):
+    """A plan a merchant sells; immutable once sold (a price change makes a new plan)."""
+
     id: str
     merchant_id: str
     name: str

@@ -257,6 +257,9 @@ async def list_statements(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[StatementOut]:
+    """Lists statements in id order, current versions only unless `include_superseded=true`, filtered by escrow account
+    and business date; cursor-paginated. A bank sees its own.
+    """
     rows = await service.list_statements(
         db_session,
         principal,
@@ -279,6 +282,9 @@ async def list_statements(
 async def get_statement(
     statement_id: Annotated[str, path_id("statement")], db_session: DbSession, principal: PrincipalDep
 ) -> StatementOut:
+    """Returns a statement with its opening and closing balance checks against custody_cash, its lines counted by
+    outcome, and its open breaks.
+    """
     return await statement_out(db_session, await service.get_statement(db_session, principal, statement_id))
 
 
@@ -296,6 +302,9 @@ async def statement_lines(
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> Page[LineOut]:
+    """Lists a statement's lines in line order, optionally by outcome: the rule that matched each, the ledger entries it
+    matched and the difference; cursor-paginated.
+    """
     statement = await service.get_statement(db_session, principal, statement_id)
     rows = await service.statement_lines(
         db_session, statement, outcome=outcome, after=decode_cursor(cursor, int4), limit=limit
@@ -335,6 +344,9 @@ async def list_breaks(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[BreakOut]:
+    """Lists reconciliation breaks, oldest first, filtered by state, kind and escrow account; cursor-paginated. A bank
+    sees those of its escrow accounts.
+    """
     rows = await service.list_breaks(
         db_session,
         principal,
@@ -384,6 +396,7 @@ async def breaks_csv(
     kind: FromQuery[BreakKind | None] = None,
     escrow_account_id: Annotated[str | None, query_id("escrow account")] = None,
 ) -> Stream:
+    """Streams the breaks matching the same filters as CSV, oldest first, amounts in integer fen (bank minus ledger)."""
     query = service.breaks_query(principal, state=break_state, kind=kind, escrow_account_id=escrow_account_id)
 
     async def rows() -> AsyncIterator[str]:
@@ -412,6 +425,9 @@ async def breaks_csv(
 async def get_break(
     break_id: Annotated[str, path_id("break")], db_session: DbSession, principal: PrincipalDep
 ) -> BreakOut:
+    """Returns one break: its kind, the statement line and ledger entry involved, its difference, its owner and its
+    state.
+    """
     return await break_out(db_session, await service.get_break(db_session, principal, break_id))
 
 
@@ -430,6 +446,12 @@ async def resolve_break(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> BreakOut:
+    """Resolves an open break: `accept` records an explanation and moves no money; `adjust` posts an adjusting entry
+    (custody_cash against custody_difference) so the ledger agrees with the bank; `attach_to_card` pays a card
+    awaiting payment with an unmatched deposit, activating the card. Refused with 409 `break_settled` when the break
+    isn't open, with 409 `resolution_refused` when the action doesn't fit the break or the card, and with 422 for a
+    misplaced or unknown card_id.
+    """
     return await break_out(db_session, await service.resolve_break(db_session, settings, principal, break_id, data))
 
 
@@ -521,6 +543,9 @@ async def account_reconciliation_csv(
     from_: Annotated[Day | None, QueryParameter(name="from")] = None,
     to: FromQuery[Day | None] = None,
 ) -> Stream:
+    """Streams the escrow account's reconciliation day by day as CSV (status, statement, open breaks, closing balances
+    in fen), for the same window as the JSON report (default: the 30 days up to yesterday).
+    """
     report = await _days(db_session, settings, principal, escrow_account_id, from_, to)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -553,6 +578,9 @@ async def reconciliation_overview(
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> Page[AccountOverview]:
+    """Lists every escrow account's reconciliation state: its latest statement and status, open breaks and their total
+    difference, and days missing a statement; accounts with the oldest open break first; cursor-paginated.
+    """
     after = decode_cursor(cursor, date.fromisoformat, str)  # (oldest open break's day or 9999-12-31, account)
     rows = await service.overview(db_session, settings, after=after, limit=limit)
     items = []
@@ -595,6 +623,9 @@ async def run_matching(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> MatchingRun:
+    """Matches the escrow account's statements against the ledger again now, without waiting for the next intake or job:
+    late reports clear their breaks, and ledger movements in transit too long become `not_on_statement` breaks.
+    """
     account = await service.visible_account(db_session, principal, escrow_account_id)
     report = await service.run_matching(db_session, settings, account.id)
     return MatchingRun(

@@ -16,12 +16,16 @@ STATEMENT_SCHEMA_ID = "urn:escrow:contracts:bank-statement:1"
 
 
 class LineAmount(Money):
+    """A statement line's amount: positive integer fen, its direction given apart."""
+
     model_config = ConfigDict(extra="forbid")
 
     amount: StrictInt = Field(gt=0, lt=10**15, description="Integer fen, positive; the direction says which way.")
 
 
 class StatementBalance(BaseModel):
+    """A booked balance of the escrow account in integer fen; negative when overdrawn."""
+
     model_config = ConfigDict(extra="forbid")
 
     amount: StrictInt = Field(
@@ -31,12 +35,17 @@ class StatementBalance(BaseModel):
 
 
 class StatementLineIn(BaseModel):
+    """One booking of the day on the escrow account, as the bank's statement shows it."""
+
     model_config = ConfigDict(extra="forbid")
 
     bank_transaction_id: str = Field(min_length=1, max_length=100, description="The bank's own reference.")
     amount: LineAmount
     direction: Direction = Field(description="credit: money into the escrow account; debit: out of it.")
-    value_date: date
+    value_date: date = Field(
+        description="The day the money counts from; matched within ESCROW_RECONCILIATION_TOLERANCE_DAYS of the ledger "
+        "movement's business date."
+    )
     booking_date: date = Field(description="Not after the statement's business date.")
     end_to_end_reference: str | None = Field(
         default=None,
@@ -70,6 +79,8 @@ class StatementIn(RequestModel):
 
 
 class BalanceCheck(BaseModel):
+    """A statement balance (opening or closing) checked against the ledger's custody_cash."""
+
     bank: StatementBalance = Field(description="What the bank says.")
     ledger: StatementBalance | None = Field(description="custody_cash as of the end of that day.")
     expected: StatementBalance | None = Field(
@@ -82,41 +93,49 @@ class BalanceCheck(BaseModel):
 
 
 class LineCounts(BaseModel):
+    """A statement's lines counted by matching outcome."""
+
     matched: int
     amount_mismatch: int
     not_in_ledger: int
 
 
 class StatementOut(BaseModel):
+    """A bank statement of one escrow account for one business date, with its balance checks and matching results."""
+
     id: str
     escrow_account_id: str
     bank_id: str
     business_date: date
-    version: int
-    status: Literal["current", "superseded"]
-    format: Literal["json", "camt053"]
+    version: int = Field(description="1 for the first statement of the account and day; each correction adds one.")
+    status: Literal["current", "superseded"] = Field(description="current, or superseded by a later correction.")
+    format: Literal["json", "camt053"] = Field(description="How it was sent: json or camt053.")
     bank_statement_id: str | None
     outcome: Literal["created", "replaced", "unchanged"] | None = Field(
         default=None, description="On intake: a new statement, a correction of an earlier version, or the same again."
     )
     line_count: int
-    credits: Money
-    debits: Money
+    credits: Money = Field(description="Σ credit lines.")
+    debits: Money = Field(description="Σ debit lines.")
     received_at: datetime
     superseded_at: datetime | None
-    superseded_by: str | None
+    superseded_by: str | None = Field(description="The statement that corrected this one.")
     opening: BalanceCheck
     closing: BalanceCheck
     lines: LineCounts
-    open_breaks: int
+    open_breaks: int = Field(description="Breaks of this statement still open.")
     reconciled: bool = Field(description="Both balance checks pass and no break of this statement is open.")
 
 
 class StatementsOut(BaseModel):
+    """The statements one intake request took, each with its outcome."""
+
     statements: list[StatementOut]
 
 
 class LineOut(BaseModel):
+    """One statement line and how it matched the ledger."""
+
     line_no: int
     bank_transaction_id: str
     end_to_end_reference: str | None
@@ -125,21 +144,32 @@ class LineOut(BaseModel):
     value_date: date
     booking_date: date
     text: str | None
-    outcome: LineOutcome
+    outcome: LineOutcome = Field(
+        description="matched; amount_mismatch (the matched entries add up to another amount); not_in_ledger (no "
+        "ledger movement found)."
+    )
     matched_by: str | None = Field(description="service_reference, bank_reference, amount_date or attached.")
     ledger_entry_ids: list[int] = Field(description="The journal entries the line is matched with.")
     difference: StatementBalance = Field(description="The line less the ledger entries matched with it.")
-    break_id: str | None
+    break_id: str | None = Field(description="The break the line opened, if any.")
 
 
 class BreakOut(BaseModel):
+    """A reconciliation break: a difference between the bank's statement and the ledger, open until resolved."""
+
     id: str
     escrow_account_id: str
     bank_id: str
-    kind: BreakKind
-    state: BreakState
-    owner: Literal["bank", "regulator"]
-    business_date: date
+    kind: BreakKind = Field(
+        description="amount_mismatch (a line and its ledger entries differ); not_in_ledger (a line with no ledger "
+        "movement); not_on_statement (a ledger movement no statement shows after its days in transit); "
+        "balance_mismatch (a balance the lines don't explain)."
+    )
+    state: BreakState = Field(description="open, or resolved.")
+    owner: Literal["bank", "regulator"] = Field(
+        description="Who is expected to act first: the bank (a line of its statement) or the regulator."
+    )
+    business_date: date = Field(description="The day the difference belongs to.")
     amount: StatementBalance = Field(description="The difference, bank minus ledger.")
     statement_id: str | None
     line: LineOut | None = Field(description="The statement line involved.")
@@ -148,13 +178,18 @@ class BreakOut(BaseModel):
     detected_at: datetime
     resolved_at: datetime | None
     resolved_by: str | None
-    resolution: Literal["accepted", "adjusted", "attached", "cleared", "superseded"] | None
-    note: str | None
-    adjustment_entry_id: int | None
-    card_id: str | None
+    resolution: Literal["accepted", "adjusted", "attached", "cleared", "superseded"] | None = Field(
+        description="accepted, adjusted or attached (the regulator's action); cleared (a later match explained it); "
+        "superseded (its statement was corrected)."
+    )
+    note: str | None = Field(description="The regulator's note on resolving it.")
+    adjustment_entry_id: int | None = Field(description="adjusted: the adjusting journal entry.")
+    card_id: str | None = Field(description="attached: the card the deposit paid.")
 
 
 class BreakResolution(RequestModel):
+    """How the regulator resolves a reconciliation break."""
+
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["accept", "adjust", "attach_to_card"] = Field(
@@ -162,30 +197,38 @@ class BreakResolution(RequestModel):
         "bank (custody_cash against custody_difference); attach_to_card: the unmatched deposit pays a card "
         "awaiting payment, which activates."
     )
-    note: str = Field(min_length=1, max_length=1000)
+    note: str = Field(min_length=1, max_length=1000, description="Why; kept with the break.")
     card_id: str | None = Field(default=None, min_length=1, max_length=40, description="attach_to_card only.")
 
 
 class DayOut(BaseModel):
+    """One business day of an escrow account's reconciliation."""
+
     business_date: date
-    status: DayStatus
+    status: DayStatus = Field(
+        description="balanced (statement in, no open break); breaks (open breaks); missing_statement."
+    )
     statement_id: str | None
     open_breaks: int
-    closing: BalanceCheck | None
+    closing: BalanceCheck | None = Field(description="The day's closing balance check, when a statement is in.")
 
 
 class AccountDaysOut(BaseModel):
+    """An escrow account's reconciliation day by day."""
+
     escrow_account_id: str
     bank_id: str
     days: list[DayOut]
 
 
 class AccountOverview(BaseModel):
+    """One escrow account's reconciliation at a glance."""
+
     escrow_account_id: str
     bank_id: str
     merchant_id: str
     latest_statement_date: date | None
-    latest_status: DayStatus | None
+    latest_status: DayStatus | None = Field(description="balanced, breaks or missing_statement, for the latest day.")
     open_breaks: int
     open_difference: StatementBalance = Field(description="The open breaks' differences added up.")
     oldest_open_break_date: date | None
@@ -193,11 +236,13 @@ class AccountOverview(BaseModel):
 
 
 class MatchingRun(BaseModel):
+    """What one matching run of an escrow account found."""
+
     escrow_account_id: str
-    movements_read: int
+    movements_read: int = Field(description="Ledger movements of custody_cash considered.")
     matched: dict[str, int] = Field(description="New matches per rule.")
-    breaks_opened: int
-    breaks_cleared: int
+    breaks_opened: int = Field(description="New breaks.")
+    breaks_cleared: int = Field(description="Breaks closed because they now match.")
 
 
 def statement_schema_document() -> str:

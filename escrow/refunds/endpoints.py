@@ -30,6 +30,11 @@ async def refund_quote(
     settings: SettingsDep,
     cause: FromQuery[Literal["consumer", "merchant"]] = "consumer",
 ) -> RefundQuote:
+    """Computes, without changing anything, what refunding the card now would pay: the whole price within the
+    cooling-off window with nothing used; otherwise the prepayment less the value delivered, priced at the list price
+    when the consumer ends the card and at the card's own price when the merchant caused it; pro rata by days for
+    memberships. Refused with 409 `card_not_active` unless the card is active.
+    """
     q = await service.quote(db_session, settings, principal, card_id, cause)
     return RefundQuote(
         card_id=card_id,
@@ -59,6 +64,12 @@ async def request_refund(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> RefundOut:
+    """Asks for a refund of an active card at the amount of a quote (`expected_amount`). A consumer-caused or
+    cooling-off refund is approved at once: the card ends `refunded`, its unused value moves to the refunds owed and
+    the bank is instructed to pay; a merchant-caused one waits for the merchant's or the regulator's approval.
+    Refused with 409 `quote_changed` (the amount is no longer the quote's; the answer carries the new quote),
+    `services_pending`, `refund_in_progress` or `card_not_active`.
+    """
     refund = await service.request(
         db_session, settings, principal, card_id, data.cause, data.expected_amount.amount, data.reason
     )
@@ -80,6 +91,9 @@ async def list_refunds(
     overdue: FromQuery[bool] = False,
     limit: Limit = 100,
 ) -> list[RefundOut]:
+    """Lists refunds by due date, filtered by status, or with `overdue=true` those approved or instructed and not paid
+    by their due date; up to `limit`. A merchant sees those of its cards, a consumer its own.
+    """
     rows = await service.list_visible(db_session, settings, principal, status=status, overdue=overdue, limit=limit)
     return [RefundOut.of(r) for r in rows]
 
@@ -94,6 +108,7 @@ async def list_refunds(
 async def get_refund(
     refund_id: Annotated[str, path_id("refund")], db_session: DbSession, principal: PrincipalDep
 ) -> RefundOut:
+    """Returns one refund with its computation."""
     return RefundOut.of(await service.get(db_session, principal, refund_id))
 
 
@@ -108,6 +123,12 @@ async def get_refund(
 async def approve_refund(
     refund_id: Annotated[str, path_id("refund")], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
 ) -> RefundOut:
+    """Approves a requested merchant-caused refund: what the quote retains is released to the merchant, the custodied
+    part is owed from custody, the unprotected part is set off against the merchant's unpaid payable (the rest is
+    recorded as its debt), the card ends `refunded` and the bank is instructed to pay by the due date. Refused with
+    409 `invalid_state` unless the refund is `requested`, and 409 `quote_changed` if the card's value changed
+    meanwhile.
+    """
     return RefundOut.of(await service.approve(db_session, settings, principal, refund_id))
 
 
@@ -125,4 +146,8 @@ async def reject_refund(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> RefundOut:
+    """Rejects, with a reason, the claim that the merchant caused a requested refund; the refund ends `rejected` and
+    nothing moves (the consumer may still end the card on their own). Refused with 409 `invalid_state` unless it is
+    `requested`.
+    """
     return RefundOut.of(await service.reject(db_session, principal, refund_id, data.reason))

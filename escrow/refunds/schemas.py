@@ -8,19 +8,25 @@ from escrow.kit.money import Money
 
 
 class RefundQuote(BaseModel):
+    """What a refund of the card would pay now, and how it is computed; request it by quoting `amount` as
+    `expected_amount`.
+    """
+
     card_id: str
     cause: str = Field(description="cooling_off when it applies, else the cause asked for.")
-    paid: Money
-    delivered_units: int
+    paid: Money = Field(description="The card's price.")
+    delivered_units: int = Field(description="Units delivered so far: sessions, fen of face value, or membership days.")
     delivered_value: Money = Field(description="What was delivered, at the card's own price.")
     delivered_value_charged: Money = Field(description="What the refund charges for it (list price if you ended it).")
-    remaining: Money
+    remaining: Money = Field(description="Unused value: the price less what was delivered and refunded.")
     amount: Money = Field(description="What you get back. Confirm it by sending it as expected_amount.")
     retained: Money = Field(description="Of the remaining value, what goes to the merchant for delivered value.")
-    rule: str
+    rule: str = Field(description="The rule that computed amount, in words.")
 
 
 class RefundRequest(RequestModel):
+    """A consumer's request to refund a card at the quoted amount."""
+
     cause: Literal["consumer", "merchant"] = Field(
         default="consumer",
         description="consumer: you end the card (approved at once); merchant: the merchant failed you (approved by "
@@ -31,25 +37,42 @@ class RefundRequest(RequestModel):
 
 
 class Rejection(RequestModel):
+    """Why the claim that the merchant caused the refund is rejected."""
+
     reason: str = Field(min_length=1, max_length=500)
 
 
 class RefundOut(BaseModel):
+    """A refund of a card's unused value: how much, how it is paid (from custody, by set-off, or left as the merchant's
+    debt) and where it stands.
+    """
+
     id: str
     card_id: str
     consumer_id: str
-    cause: str
-    status: str
-    amount: Money
+    cause: str = Field(
+        description="consumer (the consumer ended the card), merchant (the merchant caused it), cooling_off, or "
+        "expiry (the card expired with value left)."
+    )
+    status: str = Field(
+        description="requested (awaiting the merchant's or regulator's approval); approved (owed; the bank is "
+        "instructed by the next run, e.g. after a failed instruction); instructed (the bank has the instruction to "
+        "pay); paid; rejected."
+    )
+    amount: Money = Field(description="The refund: from_custody + set_off + merchant_owes.")
     from_custody: Money = Field(description="Paid by the bank out of the escrow account.")
     set_off: Money = Field(description="Unprotected part paid out of the merchant's released money.")
     merchant_owes: Money = Field(description="Unprotected part left as the merchant's debt to you.")
-    retained: Money
-    computation: dict
-    reason: str | None
+    retained: Money = Field(
+        description="Of the unused value, what was released to the merchant for delivered value instead."
+    )
+    computation: dict = Field(description="The quote the refund was made from.")
+    reason: str | None = Field(description="The consumer's reason, or the rejection's.")
     requested_at: datetime
     approved_at: datetime | None
-    due_on: date | None
+    due_on: date | None = Field(
+        description="The day the bank must have paid by (5 days after approval for cooling-off, else 15, by default)."
+    )
     paid_at: datetime | None
 
     @classmethod
