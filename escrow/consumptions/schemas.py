@@ -39,12 +39,7 @@ class Dispute(RequestModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-<<<<<<< HEAD
 class DisputeResolution(RequestModel):
-    outcome: Literal["confirm", "void"]
-    note: str | None = Field(default=None, max_length=500)
-=======
-class Resolution(RequestModel):
     """How a disputed service is settled: it stands (confirm) or is taken back (void)."""
 
     outcome: Literal["confirm", "void"] = Field(
@@ -52,7 +47,6 @@ class Resolution(RequestModel):
         "its value back."
     )
     note: str | None = Field(default=None, max_length=500, description="Kept with the service record.")
->>>>>>> docs
 
 
 class ConsumptionOut(BaseModel):
