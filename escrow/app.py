@@ -1,12 +1,15 @@
 """create_app(): settings in, a Litestar application out; the database is opened on startup, closed on shutdown."""
 
 import asyncio
+import re
 from collections.abc import Sequence
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from litestar import Litestar, Request
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -192,8 +195,39 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
         ),
         debug=False,
     )
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
+    app.asgi_handler = RequestLogMiddleware(_OptionsAllow(app.asgi_handler, app))
     return app
+
+
+class _OptionsAllow:
+    """OPTIONS answers list every method of the path. (Litestar builds each path's OPTIONS handler with the first
+    handler registered there, so ``GET /v1/banks`` and ``POST /v1/banks`` answered ``Allow: OPTIONS, POST``.)"""
+
+    def __init__(self, asgi: Any, app: Litestar) -> None:
+        self.asgi = asgi
+        self.allowed = {
+            route.path_format: ", ".join(sorted(route.methods)).encode()
+            for route in app.routes
+            if isinstance(route, HTTPRoute)
+        }
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.asgi(scope, receive, send)
+            return
+
+        async def send_allow(message: Any) -> None:
+            allow = self.allowed.get(_path_format(scope.get("path_template", "")))
+            if message["type"] == "http.response.start" and allow is not None:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message = {**message, "headers": [*headers, (b"allow", allow)]}
+            await send(message)
+
+        await self.asgi(scope, receive, send_allow)
+
+
+def _path_format(template: str) -> str:
+    return re.sub(r"\{(\w+):[^}]+\}", r"{\1}", template)
 
 
 def provide_keyring(request: Request) -> Keyring:

@@ -7,7 +7,10 @@ needs (``Idempotency-Key``, the bank's signature), and the problem+json answers 
 against this document.
 """
 
+import dataclasses
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -20,6 +23,7 @@ from litestar.serialization import encode_json
 from pydantic import BaseModel
 
 import escrow
+from escrow.errors import Problem
 from escrow.idempotency import KEY_PATTERN as IDEMPOTENCY_PATTERN
 
 STATIC = Path(__file__).parent / "static"
@@ -146,18 +150,25 @@ def _describe_access(roles: tuple[str, ...], own: tuple[str, ...], idempotent: b
 _CONSTRAINTS = ("pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
-def _pydantic_models(app: Any) -> dict[str, type[BaseModel]]:
-    """The pydantic models of request bodies and responses, by name, with the models they nest."""
-    found: dict[str, type[BaseModel]] = {}
+def _models(app: Any) -> dict[str, type]:
+    """The models (pydantic, dataclasses) of request bodies and responses, by schema name, with those they nest."""
+    found: dict[str, type] = {}
 
     def visit(annotation: Any) -> None:
         for arg in get_args(annotation):
             visit(arg)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation.__name__ not in found:
-            found[annotation.__name__] = annotation
+        if not isinstance(annotation, type) or _component_name(annotation) in found:
+            return
+        if issubclass(annotation, BaseModel):
+            found[_component_name(annotation)] = annotation
             for field in annotation.model_fields.values():
                 visit(field.annotation)
+        elif dataclasses.is_dataclass(annotation):
+            found[_component_name(annotation)] = annotation
+            for field in dataclasses.fields(annotation):
+                visit(field.type)
 
+    visit(Problem)
     for route in app.routes:
         for handler, _ in getattr(route, "route_handler_map", {}).values():
             signature = handler.parsed_fn_signature
@@ -167,12 +178,30 @@ def _pydantic_models(app: Any) -> dict[str, type[BaseModel]]:
     return found
 
 
-def _state_constraints(components: dict[str, Any], models: dict[str, type[BaseModel]]) -> None:
+def _component_name(model: type) -> str:
+    """The name Litestar gives a model's schema (``Page[CardOut]`` → ``Page_CardOut_``)."""
+    return re.sub(r"[^A-Za-z0-9]", "_", model.__name__)
+
+
+def _own_doc(model: type) -> str | None:
+    doc = model.__dict__.get("__doc__")
+    if doc is None and getattr(model, "__pydantic_generic_metadata__", {}).get("origin"):
+        doc = model.__pydantic_generic_metadata__["origin"].__doc__
+    return inspect.cleandoc(doc) if doc else None
+
+
+def _state_constraints(components: dict[str, Any], models: dict[str, type]) -> None:
     """Copy what pydantic validates and Litestar's schemas leave out (patterns, bounds, refused unknown fields)
     into the component schemas, so generated and hand-written clients see every rule the server applies."""
     for name, schema in components.get("schemas", {}).items():
         model = models.get(name)
         if model is None:
+            continue
+        # the model's own docstring describes its schema (Litestar reads only the fields)
+        doc = _own_doc(model)
+        if doc:
+            schema["description"] = doc
+        if not issubclass(model, BaseModel):
             continue
         validation = model.model_json_schema(mode="validation")
         if model.model_config.get("extra") == "forbid":
@@ -201,7 +230,7 @@ def contract(app: Any) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(encode_json(app.openapi_schema.to_schema()))
     components = document.setdefault("components", {})
     components["securitySchemes"] = _SECURITY_SCHEMES
-    _state_constraints(components, _pydantic_models(app))
+    _state_constraints(components, _models(app))
     problem = {"$ref": "#/components/schemas/Problem"}
     for route in app.routes:
         if not isinstance(route, HTTPRoute):

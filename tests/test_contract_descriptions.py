@@ -36,11 +36,6 @@ def test_every_operation_has_a_description(contract: dict[str, Any]) -> None:
     assert not undescribed, "give these route handlers a docstring: " + ", ".join(undescribed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Litestar 2.25 does not read a pydantic model's (or dataclass's) class docstring into its component "
-    "schema's description; the docstrings are written, the contract does not carry them yet",
-)
 def test_every_schema_has_a_description(contract: dict[str, Any]) -> None:
     undescribed = [name for name, schema in contract["components"]["schemas"].items() if not schema.get("description")]
     assert not undescribed, "give these models a class docstring: " + ", ".join(undescribed)

@@ -4,9 +4,15 @@ source (the app's own /openapi.json), as each role, banks signing every request,
 Locally, for a deeper run: ``ESCROW_FUZZ_EXAMPLES=200 pytest tests/test_contract_fuzz.py``.
 """
 
+import compileall
+import importlib
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +36,7 @@ from tests.parties import (
     regulator_token,
 )
 
+CONTRACT = Path(__file__).resolve().parent.parent / "contracts" / "openapi.json"
 EXAMPLES = int(os.environ.get("ESCROW_FUZZ_EXAMPLES", "12"))
 ROLES = ("anonymous", "regulator", "bank", "merchant", "consumer")
 
@@ -171,3 +178,34 @@ async def test_the_contract_holds_for_every_role(live: Live) -> None:
                     failures.append(f"{operation.label} as {role} ({mode.value}): {str(exc)[:1500]}")
     assert operations > 100
     assert not failures, "\n\n".join(failures)
+
+
+async def test_a_client_generated_from_the_contract_makes_a_signed_call(live: Live, tmp_path: Path) -> None:
+    """openapi-python-client (a standard generator) builds a client from contracts/openapi.json that compiles,
+    keeps every operation's responses, and makes a bank's signed call."""
+    generated = subprocess.run(  # noqa: ASYNC221 (the service runs in a process of its own)
+        ["openapi-python-client", "generate", "--path", str(CONTRACT), "--meta", "none", "--output-path", "client"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    # the one operation it can't generate: camt.053 intake takes XML, which the generator doesn't support
+    skipped = re.findall(r"WARNING parsing (\S+ \S+)", generated.stdout)
+    assert skipped == ["POST /v1/statements/camt053"], generated.stdout
+    assert compileall.compile_dir(tmp_path / "client", quiet=1)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        client_module = importlib.import_module("client")
+        me = importlib.import_module("client.api.access.me")
+        instructions = importlib.import_module("client.api.payouts.list_instructions")
+        client = client_module.Client(base_url=live.url, httpx_args={"auth": live.bank.auth})
+        caller = me.sync(client=client)
+        assert caller.role == "bank" and caller.principal_id == live.bank.id
+        page = instructions.sync(client=client)
+        assert page.items == []
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [n for n in sys.modules if n == "client" or n.startswith("client.")]:
+            del sys.modules[name]

@@ -1,6 +1,7 @@
 """The committed API contract is the one the app serves."""
 
 import json
+import re
 from pathlib import Path
 
 from httpx import AsyncClient
@@ -29,6 +30,19 @@ class TestOpenAPI:
         assert "/healthz" in served.json()["paths"]
         docs = await client.get("/docs")
         assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+        # every asset of the page comes from the service itself: bank intranets have no internet
+        assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+        assert assets and all(url.startswith("/static/") for url in assets), assets
+        for url in assets:
+            asset = await client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
+
+    async def test_options_answers_every_method_of_the_path(self, client: AsyncClient) -> None:
+        for path, methods in (("/v1/banks", {"GET", "POST"}), ("/v1/cards", {"GET", "POST"})):
+            response = await client.options(path)
+            assert response.status_code == 204, response.text
+            allowed = {m.strip() for m in response.headers["allow"].split(",")}
+            assert methods | {"OPTIONS"} <= allowed, (path, allowed)
 
 
 EXAMPLES = CONTRACT.parent / "examples"
