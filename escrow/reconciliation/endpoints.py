@@ -217,7 +217,7 @@ async def submit_statement(
     "/v1/statements/camt053",
     summary="Send an ISO 20022 camt.053 document (one statement or many): each is matched at once",
     description="Content-Type application/xml. A DOCTYPE (DTD, entities) is refused; the document must be in a "
-    "camt.053.001.02 to .13 namespace; booked entries only, CNY, at most 2 decimals.",
+    "camt.053.001.02 to .13 namespace; booked entries only, CNY, whole fen (up to 5 decimals).",
     operation_class=XmlBodyOperation,
     **INTAKE,
 )
