@@ -13,7 +13,7 @@ below the fen, a currency other than CNY or a zero amount is refused, naming the
 import codecs
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -95,7 +95,7 @@ class Header:
 @dataclass
 class ParsedStatement:
     header: Header
-    lines: Iterator[Line]  # a stream: read it to the end before asking for the next statement
+    lines: Iterator[Line] | AsyncIterator[Line]  # a stream: read it to the end before asking for the next statement
 
 
 # --- JSON ------------------------------------------------------------------------------------------------------
