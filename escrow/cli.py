@@ -138,12 +138,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from escrow.ledger.integrity import seal, verify_database
 
     async def work(engine):
+        # Sealing checks the new rows first and seals only the books whose rows verify (integrity.seal): an edit made
+        # before an entry's first seal is reported and left out of the chain, never sealed into it.
+        held = {}
         if not args.no_seal:
             async with create_sessionmaker(engine)() as session:
                 sealed = await seal(session)
                 await session.commit()
             print(f"sealed {sealed.entries} new entries in {sealed.seals} seals (horizon {sealed.horizon})")
-        return await verify_database(engine)
+            held = sealed.held
+            for book, rows in held.items():
+                print(f"FAIL not sealed: {book}: {rows[:10]}")
+        report = await verify_database(engine)
+        report.ok = report.ok and not held
+        return report
 
     report = _run_with_engine(work)
     for check in report.checks:
@@ -562,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     routes = commands.add_parser("routes", help="print the table of routes and roles (Markdown, as in README)")
     routes.set_defaults(func=cmd_routes)
 
-    verify = commands.add_parser("verify", help="seal new journal entries, then verify hash chains and invariants")
+    verify = commands.add_parser(
+        "verify", help="verify hash chains and invariants, then seal the new journal entries that verify"
+    )
     verify.add_argument("--no-seal", action="store_true", help="verify only; do not seal new entries first")
     verify.set_defaults(func=cmd_verify)
 

@@ -165,6 +165,8 @@ async def seal_periodically(sessionmaker: async_sessionmaker, interval_seconds: 
                 await session.commit()
             if result.seals:
                 log.info("ledger_sealed", seals=result.seals, entries=result.entries)
+            for book, rows in result.held.items():  # not sealed: its new rows fail their own checks
+                log.error("ledger_seal_held", escrow_account_id=book, failures=rows[:10])
         except Exception:
             log.exception("ledger_seal_failed")
         await asyncio.sleep(interval_seconds)

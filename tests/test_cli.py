@@ -30,6 +30,22 @@ class TestVerifyCommand:
         assert red.returncode == 1
         assert "FAIL hash_chain" in red.stdout and "LEDGER VERIFICATION FAILED" in red.stdout
 
+    async def test_checks_before_sealing_and_seals_only_what_verifies(
+        self, db_url: str, session: AsyncSession, engine: AsyncEngine
+    ) -> None:
+        await populate(session)
+        entry = await session.scalar(text("SELECT entry_id FROM ledger_postings WHERE id = 1"))
+        await session.rollback()
+        await superuser(engine, "UPDATE ledger_postings SET amount = amount + 1 WHERE id = 1")  # not sealed yet
+        red = escrow(db_url, "verify")
+        assert red.returncode == 1, red.stdout + red.stderr
+        assert "FAIL entries_balance" in red.stdout and f"'entry_id': {entry}" in red.stdout
+        assert "FAIL not sealed" in red.stdout and "sealed 10 new entries" in red.stdout  # the other book only
+        await superuser(engine, "UPDATE ledger_postings SET amount = amount - 1 WHERE id = 1")  # restored
+        green = escrow(db_url, "verify")
+        assert green.returncode == 0, green.stdout + green.stderr
+        assert "sealed 10 new entries" in green.stdout and "ledger verified" in green.stdout
+
 
 class TestAdminCommand:
     async def test_create_token_prints_a_working_secret_once(self, db_url: str, session: AsyncSession) -> None:

@@ -98,6 +98,34 @@ class TestSealAndVerify:
         assert failure["seq"] == 1 and "changed" in failure["reason"]
         assert failed(report, "entries_balance")["entry_id"] > 0
         assert failed(report, "account_totals_match_journal")
+        entry = await session.scalar(text("SELECT entry_id FROM ledger_postings WHERE id = 3"))
+        assert entry in failure["entry_ids"]  # the chain names the entry, not only the seal
+
+    async def test_an_edit_before_the_first_seal_is_not_sealed_and_the_truth_seals(
+        self, session: AsyncSession, engine: AsyncEngine
+    ) -> None:
+        await populate(session)
+        entry, book = (
+            await session.execute(text("SELECT p.entry_id, p.escrow_account_id FROM ledger_postings p WHERE p.id = 3"))
+        ).one()
+        await session.rollback()
+        await superuser(engine, "UPDATE ledger_postings SET amount = amount + 100 WHERE id = 3")
+        result = await seal(session)  # what the periodic job and escrow verify do
+        await session.commit()
+        assert book in result.held and {"entry_id": entry} in [
+            {"entry_id": r["entry_id"]} for r in result.held[book] if "entry_id" in r
+        ]
+        assert any(r.get("account") for r in result.held[book])  # its accounts' totals differ too
+        other = next(b for b in BOOKS if b != book)
+        assert result.entries == 10 and other not in result.held  # the other book verifies and is sealed
+        report = await verify_database(engine)
+        assert failed(report, "entries_balance")["entry_id"] == entry
+        assert report.unsealed_entries == 10
+        await superuser(engine, "UPDATE ledger_postings SET amount = amount - 100 WHERE id = 3")  # the truth again
+        assert await sealed(session) == 10
+        report = await verify_database(engine)
+        assert report.ok, report
+        assert report.unsealed_entries == 0
 
     async def test_deleted_entry_is_detected(self, session: AsyncSession, engine: AsyncEngine) -> None:
         await populate(session)

@@ -55,13 +55,55 @@ class SealResult:
     horizon: str
     seals: int = 0
     entries: int = 0
+    held: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # books not sealed: their failing rows
+
+
+# What "verifies" means before a book's new entries are sealed: every final, not yet sealed entry of the book has
+# at least two postings, all in its own book, balancing per kind of posting; and every account those entries touch
+# has stored totals (row + slots, kept in step with the postings by the same transaction) equal to its journal —
+# so a posting edited, added or deleted behind the triggers' back shows. A book with any failing row is not sealed
+# at all (a seal covers a contiguous range of transactions), until the rows are restored; the failures are named.
+_UNVERIFIED = """
+WITH fresh AS (
+  SELECT e.id, e.escrow_account_id AS book FROM ledger_entries e
+  LEFT JOIN LATERAL (SELECT max(s.xid_to) AS xid_to FROM ledger_seals s
+                     WHERE s.escrow_account_id = e.escrow_account_id) s ON true
+  WHERE e.xid >= coalesce(s.xid_to, '0'::xid8) AND e.xid < CAST(CAST(:hi AS text) AS xid8)
+)
+SELECT f.book, f.id::text, 'entry does not balance, or has postings outside its book' FROM fresh f
+  LEFT JOIN ledger_postings p ON p.entry_id = f.id
+ GROUP BY f.book, f.id
+HAVING count(p.id) < 2 OR bool_or(p.escrow_account_id <> f.book)
+    OR sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'posted')
+       IS DISTINCT FROM sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'posted')
+    OR sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'pending')
+       IS DISTINCT FROM sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'pending')
+    OR sum(p.amount) FILTER (WHERE p.side = 'D' AND p.kind = 'release')
+       IS DISTINCT FROM sum(p.amount) FILTER (WHERE p.side = 'C' AND p.kind = 'release')
+UNION ALL
+SELECT t.escrow_account_id, t.code, 'stored totals differ from the journal' FROM ({totals}) t
+ WHERE t.id IN (SELECT p.account_id FROM ledger_postings p JOIN fresh f ON p.entry_id = f.id)
+   AND (t.pd, t.pc, t.hd, t.hc) IS DISTINCT FROM (t.jpd, t.jpc, t.jhd, t.jhc)
+ORDER BY 1, 2
+"""
+
+
+async def unverified(session: AsyncSession, horizon: str) -> dict[str, list[dict[str, Any]]]:
+    """Books whose final, unsealed rows fail their own checks (see ``_UNVERIFIED``), with those rows."""
+    held: dict[str, list[dict[str, Any]]] = {}
+    rows = await session.execute(text(_UNVERIFIED.format(totals=_TOTALS)), {"hi": horizon})
+    for book, row, reason in rows.all():
+        key = "entry_id" if reason.startswith("entry") else "account"
+        held.setdefault(book, []).append({key: int(row) if key == "entry_id" else row, "reason": reason})
+    return held
 
 
 async def seal(session: AsyncSession) -> SealResult:
-    """Seal every escrow account's entries that are final; idempotent, safe to run at any time."""
+    """Seal every escrow account's entries that are final and verify (``_UNVERIFIED``); idempotent, safe to run at
+    any time. Books whose new rows fail are left unsealed and listed in ``held``."""
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEAL_LOCK})
     horizon = await session.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
-    result = SealResult(horizon=horizon)
+    result = SealResult(horizon=horizon, held=await unverified(session, horizon))
     heads = await session.execute(
         text(
             "SELECT b.escrow_account_id, s.seq, s.xid_to::text, s.hash FROM ledger_books b"
@@ -74,6 +116,8 @@ async def seal(session: AsyncSession) -> SealResult:
         {"hi": horizon},
     )
     for book, last_seq, last_to, last_hash in heads.all():
+        if book in result.held:
+            continue
         lo, seq, prev = last_to or "0", (last_seq or 0) + 1, last_hash or GENESIS
         count, digest = await _digest(session, book, lo, horizon)
         if not count:
@@ -148,36 +192,65 @@ async def _verify_chain(session: AsyncSession, check: Check, heads: dict[str, st
             check.fail(escrow_account_id=book, seq=seq, reason="seal missing before this one (gap in the chain)")
         elif bytes(prev_hash) != last_hash:
             check.fail(escrow_account_id=book, seq=seq, reason="link to the previous seal is broken")
-        elif (actual_count, actual_digest) != (count, bytes(digest)):
+        elif (actual_count, actual_digest) != (count, bytes(digest)) and check.ok:
             check.fail(
                 escrow_account_id=book,
                 seq=seq,
                 reason="sealed entries were changed, moved or deleted",
                 sealed_count=count,
                 found_count=actual_count,
+                **await _differing(session, book, lo, hi),
             )
         elif chain_hash(last_hash, book, seq, lo, hi, count, bytes(digest)) != bytes(stored_hash):
             check.fail(escrow_account_id=book, seq=seq, reason="seal hash does not match its contents")
         book_state[book] = (seq, hi, bytes(stored_hash))
         heads[book] = bytes(stored_hash).hex()
         sealed += count
-    # Entries below a book's sealed horizon must all lie inside its seals.
+    # Entries below the sealed horizon must all lie inside their book's seals — except in a book held back from
+    # sealing because one of its new entries fails its own checks (``seal``): entries_balance reports that entry.
     watermark = await session.scalar(text("SELECT max(xid_to)::text FROM ledger_seals"))
     if watermark:
+        held = [b for b, rows in (await unverified(session, watermark)).items() if any("entry_id" in r for r in rows)]
         stray = await session.execute(
             text(
                 "SELECT e.escrow_account_id, e.id FROM ledger_entries e"
                 " LEFT JOIN LATERAL (SELECT max(xid_to) AS xid_to FROM ledger_seals s"
                 "   WHERE s.escrow_account_id = e.escrow_account_id) s ON true"
                 " WHERE e.xid < CAST(CAST(:w AS text) AS xid8) AND e.xid >= coalesce(s.xid_to, '0'::xid8)"
+                " AND e.escrow_account_id <> ALL(CAST(:held AS text[]))"
                 " ORDER BY e.id LIMIT 1"
             ),
-            {"w": watermark},
+            {"w": watermark, "held": sorted(held)},
         )
         row = stray.first()
         if row is not None:
             check.fail(escrow_account_id=row[0], entry_id=row[1], reason="entry inserted behind a sealed horizon")
     return sealed
+
+
+async def _differing(session: AsyncSession, book: str, lo: str, hi: str) -> dict[str, Any]:
+    """Which of a failing seal's rows differ: its entries that fail their own checks, or touch an account whose
+    stored totals disagree with the journal (a seal keeps one digest, so an edit that keeps both consistent is
+    named only by the seal and its range of entries)."""
+    rows = await session.execute(
+        text(
+            f"SELECT e.id, bool_or(p.id IS NULL) OR count(p.id) < 2"
+            f"  OR sum(CASE p.side WHEN 'D' THEN p.amount ELSE -p.amount END) FILTER (WHERE p.kind = 'posted') <> 0"
+            f"  OR bool_or(p.escrow_account_id <> e.escrow_account_id),"
+            f"  bool_or(p.account_id IN (SELECT t.id FROM ({_TOTALS}) t"
+            f"    WHERE (t.pd, t.pc, t.hd, t.hc) IS DISTINCT FROM (t.jpd, t.jpc, t.jhd, t.jhc)))"
+            f" FROM ledger_entries e LEFT JOIN ledger_postings p ON p.entry_id = e.id"
+            f" WHERE e.escrow_account_id = :book"
+            f"   AND e.xid >= CAST(CAST(:lo AS text) AS xid8) AND e.xid < CAST(CAST(:hi AS text) AS xid8)"
+            f" GROUP BY e.id ORDER BY e.id"
+        ),
+        {"book": book, "lo": lo, "hi": hi},
+    )
+    found = rows.all()
+    return {
+        "entry_ids": [entry for entry, unbalanced, totals in found if unbalanced or totals][:100],
+        "entries_in_seal": [found[0][0], found[-1][0]] if found else [],
+    }
 
 
 async def _first(session: AsyncSession, check: Check, count_sql: str, failure_sql: str, *keys: str) -> None:

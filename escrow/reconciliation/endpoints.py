@@ -24,7 +24,7 @@ from escrow.kit.pagination import Page, decode_cursor, encode_cursor, int4, page
 from escrow.kit.params import Cursor, Day, Limit, path_id, query_id
 from escrow.models import BankStatement, ReconciliationBreak
 from escrow.reconciliation import service
-from escrow.reconciliation.parsing import ParsedStatement, camt053_statements, json_statement
+from escrow.reconciliation.parsing import ParsedStatement, json_statement
 from escrow.reconciliation.schemas import (
     AccountDaysOut,
     AccountOverview,
@@ -43,6 +43,7 @@ from escrow.reconciliation.schemas import (
     StatementOut,
     StatementsOut,
 )
+from escrow.reconciliation.threaded import camt053_in_thread, each
 
 TAGS = ["reconciliation"]
 XML_TYPES = ("application/xml", "text/xml")
@@ -177,11 +178,12 @@ async def _intake(
     settings: Settings,
     keyring: Keyring,
     principal: Principal,
-    statements: Iterable[ParsedStatement],
+    statements: Iterable[ParsedStatement] | AsyncIterator[ParsedStatement],
 ) -> StatementsOut:
     directory = service.AccountDirectory(session, keyring, principal.id)
     taken = [
-        await service.import_statement(session, settings, directory, parsed, principal.id) for parsed in statements
+        await service.import_statement(session, settings, directory, parsed, principal.id)
+        async for parsed in each(statements)
     ]
     for account_id in sorted({t.statement.escrow_account_id for t in taken if t.outcome != "unchanged"}):
         await service.run_matching(session, settings, account_id)
@@ -219,7 +221,7 @@ async def submit_statement(
     "/v1/statements/camt053",
     summary="Send an ISO 20022 camt.053 document (one statement or many): each is matched at once",
     description="Content-Type application/xml. A DOCTYPE (DTD, entities) is refused; the document must be in a "
-    "camt.053.001.02 to .13 namespace; booked entries only, CNY, at most 2 decimals.",
+    "camt.053.001.02 to .13 namespace; booked entries only, CNY, whole fen (up to 5 decimals).",
     operation_class=XmlBodyOperation,
     **INTAKE,
 )
@@ -233,8 +235,8 @@ async def submit_camt053(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in XML_TYPES:
         raise HTTPException(status_code=415, detail="send the camt.053 document as application/xml")
-    statements = camt053_statements(io.BytesIO(await request.body()), settings.business_timezone)
-    return await _intake(db_session, settings, keyring, principal, statements)
+    async with camt053_in_thread(io.BytesIO(await request.body()), settings.business_timezone) as statements:
+        return await _intake(db_session, settings, keyring, principal, statements)
 
 
 # --- statements ----------------------------------------------------------------------------------------------

@@ -1,17 +1,19 @@
 """The two statement formats read into one shape: a header, then its lines as a stream.
 
 JSON statements are validated by their pydantic model (``schemas.StatementIn``, published as a JSON Schema).
-ISO 20022 camt.053 documents (one or many ``Stmt`` per file) are read with lxml's ``iterparse`` — entities are
-never resolved, no network and no DTD are loaded, and a document that declares a DTD at all is refused before
-its first element is read — one ``Ntry`` at a time, each entry and statement freed with what came before it once
-read, so memory stays bounded whatever the number of entries (elements outside the entries are freed only at the
-next entry or statement: a hostile document costs memory in proportion to its size, hence the size limits).
-Amounts are parsed with ``Decimal`` into exact fen: more than two decimals, a currency other than CNY or a zero
-amount is refused, naming the element and its line.
+ISO 20022 camt.053 documents (one or many ``Stmt`` per file) are read with lxml's pull parser — entities are
+never resolved, no network and no DTD are loaded, and a document whose prolog declares a DOCTYPE (or anything
+with ``<!``) is refused from its raw bytes, in its encoding, before libxml2 parses any of it — one ``Ntry`` at a
+time. Between two chunks of input, whatever the reader won't use is deleted along the path of open elements
+(``_KEPT``), and each entry and statement is freed once read, so memory stays bounded whatever the document holds.
+Amounts are parsed with ``Decimal`` into exact fen: up to five decimals as ISO 20022 allows, but a non-zero digit
+below the fen, a currency other than CNY or a zero amount is refused, naming the element and its line.
 """
 
+import codecs
 import re
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -25,11 +27,12 @@ from escrow.errors import EscrowError
 from escrow.reconciliation.schemas import StatementIn
 
 CAMT053_NAMESPACE = re.compile(r"^urn:iso:std:iso:20022:tech:xsd:camt\.053\.001\.(0[2-9]|1[0-3])$")
-_AMOUNT = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,2})?$")
+_AMOUNT = re.compile(r"^[0-9]{1,13}(\.[0-9]{1,5})?$")  # ISO 20022 amounts: at most 5 fraction digits
 _NOT_PROVIDED = "NOTPROVIDED"  # what banks put in EndToEndId when the payer gave none
 _ENTRY_NAMES = (
     *("Amt", "CdtDbtInd", "Sts", "Cd", "BookgDt", "ValDt", "Dt", "DtTm", "AcctSvcrRef", "AddtlNtryInf", "NtryDtls"),
     *("TxDtls", "Refs", "EndToEndId", "InstrId", "RmtInf", "Strd", "CdtrRefInf", "Ref", "Ustrd", "NtryRef", "Ntry"),
+    *("TxId", "MsgId", "PmtInfId", "AmtDtls", "TxAmt", "InstdAmt"),
 )
 OPENING_CODES = ("OPBD", "PRCD")  # opening booked; previously closed booked (the day before's closing)
 CLOSING_CODE = "CLBD"
@@ -92,7 +95,7 @@ class Header:
 @dataclass
 class ParsedStatement:
     header: Header
-    lines: Iterator[Line]  # a stream: read it to the end before asking for the next statement
+    lines: Iterator[Line] | AsyncIterator[Line]  # a stream: read it to the end before asking for the next statement
 
 
 # --- JSON ------------------------------------------------------------------------------------------------------
@@ -163,14 +166,189 @@ def check_booking_date(booked: date, header: Header, where: str, line: int | Non
 
 def camt053_statements(source: str | IO[bytes], timezone: str) -> Iterator[ParsedStatement]:
     """The statements of a camt.053 document (a path or a binary file), streamed."""
+    if isinstance(source, str):
+        return _from_path(source, ZoneInfo(timezone))
     return _Camt053(source, ZoneInfo(timezone)).statements()
 
 
+def _from_path(path: str, zone: ZoneInfo) -> Iterator[ParsedStatement]:
+    with open(path, "rb") as stream:
+        yield from _Camt053(stream, zone).statements()
+
+
+# --- the prolog, read before libxml2 sees a byte --------------------------------------------------------------
+
+PROLOG_MAX_BYTES = 64 * 1024  # what may come before the root element (declaration, comments, PIs)
+_DECLARED = re.compile(r"""^\ufeff?<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z][A-Za-z0-9._-]*)["']""")
+_MARKUP = "<?!->[]\"'= /:abcxyzABCXYZDOCTYPENTIL\t\r\n"  # an encoding that keeps these as ASCII bytes
+_XML_SPACE = " \t\r\n"
+
+
+def _prolog_codec(head: bytes) -> str:
+    """The codec of the document's first bytes (XML 1.0 appendix F), or the one it declares if ASCII-compatible."""
+    if head.startswith((codecs.BOM_UTF32_LE, b"<\0\0\0")):
+        return "utf-32-le"
+    if head.startswith((codecs.BOM_UTF32_BE, b"\0\0\0<")):
+        return "utf-32-be"
+    if head.startswith((codecs.BOM_UTF16_LE, b"<\0?\0")):
+        return "utf-16-le"
+    if head.startswith((codecs.BOM_UTF16_BE, b"\0<\0?")):
+        return "utf-16-be"
+    # EBCDIC, or one char per byte: the ASCII-compatible family, until the declaration says which
+    base = "cp037" if head.startswith(b"\x4c\x6f\xa7\x94") else "latin-1"
+    declared = _DECLARED.match(head[:512].decode(base, errors="replace"))
+    if declared is None:
+        return "utf-8" if base == "latin-1" else base
+    name = declared.group(1)
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise StatementInvalid("document", f"the encoding {name!r} is not supported: send UTF-8", line=1) from None
+    if base == "latin-1" and _MARKUP.encode(codec, errors="replace") != _MARKUP.encode():
+        raise StatementInvalid("document", f"the encoding {name!r} is not supported: send UTF-8", line=1)
+    return codec
+
+
+def _check_prolog(head: bytes, final: bool) -> bool:
+    """Whether the prolog has been read up to the root element's name (``False``: need more bytes).
+
+    Refuses a DOCTYPE (or any other ``<!`` declaration), whatever precedes it — an XML declaration, a BOM,
+    whitespace, comments, processing instructions — in whatever encoding, before libxml2 parses anything, so the
+    refusal does not depend on how a libxml2 version reacts to entities; and a root other than ``Document``."""
+    text = codecs.getincrementaldecoder(_prolog_codec(head))(errors="replace").decode(head, final=final)
+    at = 1 if text.startswith("\ufeff") else 0
+
+    def line() -> int:
+        return text.count("\n", 0, at) + 1
+
+    while True:
+        while at < len(text) and text[at] in _XML_SPACE:
+            at += 1
+        rest = text[at : at + 4]
+        if rest.startswith("<?"):
+            end = text.find("?>", at + 2)
+            if end < 0:
+                break
+            at = end + 2
+        elif rest.startswith("<!--"):
+            end = text.find("-->", at + 4)
+            if end < 0:
+                break
+            at = end + 3
+        elif rest.startswith("<!") and not "<!--".startswith(rest):
+            raise StatementUnsafe(
+                "document",
+                "a DOCTYPE (DTD, entity declarations) is refused: camt.053 documents have none",
+                line=line(),
+            )
+        elif rest.startswith("<") and rest[1:2] not in ("", "!", "?"):
+            name = re.match(r"<([^\s/>]*)[\s/>]", text[at : at + 256])
+            if name is None and len(text) - at < 256 and not final:
+                break
+            if name is None or name.group(1).rpartition(":")[2] != "Document":
+                raise StatementInvalid("Document", _ROOT, line=line())
+            return True
+        elif rest and not "<!--".startswith(rest):
+            raise StatementMalformed(
+                "document", f"not well-formed XML at line {line()}: content before the root element", line=line()
+            )
+        else:
+            break
+    if final:
+        raise StatementMalformed("document", "no XML element found", line=line())
+    return False
+
+
+class _Prefixed:
+    """A binary stream with its first bytes read already (the prolog), served again first."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            data, self.head = self.head, b""
+            return data
+        return self.rest.read(size)
+
+
+def _checked(source: IO[bytes]) -> _Prefixed:
+    head = b""
+    while True:
+        chunk = source.read(_CHUNK)
+        head += chunk
+        if _check_prolog(head, final=not chunk):
+            return _Prefixed(head, source)
+        if len(head) > PROLOG_MAX_BYTES:
+            raise StatementInvalid(
+                "document", f"more than {PROLOG_MAX_BYTES} bytes before the root element Document", line=1
+            )
+
+
+# --- what the reader keeps of the tree ------------------------------------------------------------------------
+
+# The elements the reader uses, by their parents, from Document down (``None``: kept whole). Everything else is
+# deleted as the document is read — between two chunks, every completed child that is not listed here, at each
+# level of the path of open elements (a skipped subtree is emptied as it grows) — so what a document holds
+# beside its entries costs no memory, whatever its size.
+_TXDTLS: dict[str, Any] = {
+    "Refs": None,
+    "Amt": None,
+    "AmtDtls": None,
+    "CdtDbtInd": None,
+    "RmtInf": {"Ustrd": None, "Strd": {"CdtrRefInf": {"Ref": None}}},
+}
+_NTRY: dict[str, Any] = {
+    **dict.fromkeys(("Amt", "CdtDbtInd", "Sts", "BookgDt", "ValDt", "AcctSvcrRef", "AddtlNtryInf", "NtryRef")),
+    "NtryDtls": {"TxDtls": _TXDTLS},
+}
+_KEPT: dict[str, Any] = {
+    "BkToCstmrStmt": {
+        "GrpHdr": {"MsgId": None},
+        "Stmt": {
+            "Id": None,
+            "Acct": {"Id": {"Othr": {"Id": None}, "IBAN": None}, "Ccy": None},
+            "Bal": {"Tp": {"CdOrPrtry": {"Cd": None}}, "Amt": None, "CdtDbtInd": None, "Dt": None},
+            "FrToDt": {"ToDtTm": None},
+            "Ntry": _NTRY,
+        },
+    }
+}
+_CHUNK = 64 * 1024
+
+
+def _qualified(spec: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {f"{{{namespace}}}{k}": None if v is None else _qualified(v, namespace) for k, v in spec.items()}
+
+
+def _prune(node: Any, spec: dict[str, Any]) -> None:
+    """Delete what the reader won't use along the path of open elements (the last child at each level)."""
+    while node is not None:
+        count = len(node)
+        if not count:
+            return
+        if count > 1:
+            if spec:
+                for child in node[: count - 1]:
+                    if child.tag not in spec:
+                        node.remove(child)
+            else:
+                del node[: count - 1]
+        last = node[-1]
+        if spec and last.tag in spec:
+            spec = spec[last.tag]
+            if spec is None:
+                return
+        else:
+            spec = {}
+        node = last
+
+
 class _Camt053:
-    def __init__(self, source: str | IO[bytes], zone: ZoneInfo) -> None:
+    def __init__(self, source: IO[bytes], zone: ZoneInfo) -> None:
         self.zone = zone
-        self.events = etree.iterparse(
-            source,
+        self.source: Any = source
+        self.parser = etree.XMLPullParser(
             events=("start", "end"),
             tag=("{*}Document", "{*}GrpHdr", "{*}Stmt", "{*}Ntry"),
             resolve_entities=False,
@@ -181,6 +359,11 @@ class _Camt053:
             remove_comments=True,
             remove_pis=True,
         )
+        self.pending: deque[tuple[str, Any]] = deque()
+        self.ended = False
+        self.root: Any = None
+        self.document: Any = None
+        self.kept: dict[str, Any] = {}
         self.ns = ""
         self._tags: dict[str, str] = {}
         self.message_id: str | None = None
@@ -188,9 +371,21 @@ class _Camt053:
 
     def _next(self) -> tuple[str, Any] | None:
         try:
-            return next(self.events)
-        except StopIteration:
-            return None
+            while not self.pending:
+                if self.ended:
+                    return None
+                if self.document is None and self.root is None and not isinstance(self.source, _Prefixed):
+                    self.source = _checked(self.source)
+                if self.document is not None:
+                    _prune(self.document, self.kept)
+                data = self.source.read(_CHUNK)
+                if data:
+                    self.parser.feed(data)
+                else:
+                    self.ended = True
+                    self.root = self.parser.close()
+                self.pending.extend(self.parser.read_events())
+            return self.pending.popleft()
         except etree.XMLSyntaxError as exc:
             line, column = exc.position if exc.position else (None, None)
             message = exc.msg or str(exc)
@@ -225,7 +420,7 @@ class _Camt053:
                 for _ in statement.lines:  # lines the reader did not want are still read (and checked)
                     pass
         if not seen_document:
-            root = self.events.root
+            root = self.root
             if root is None:
                 raise StatementMalformed("document", "no XML element found")
             _refuse_dtd(root)  # a DOCTYPE is refused as such; any other root is not camt.053
@@ -244,6 +439,7 @@ class _Camt053:
             )
         self.ns = namespace
         self._tags = {name: f"{{{namespace}}}{name}" for name in _ENTRY_NAMES}
+        self.document, self.kept = root, _qualified(_KEPT, namespace)
 
     def _statement(self, stmt: Any) -> ParsedStatement:
         where = f"Stmt[{self.statement_no}]"
@@ -265,7 +461,7 @@ class _Camt053:
         entry_tag, statement_tag = self._q("Ntry"), self._q("Stmt")
         while element is not None:
             number += 1
-            yield self._entry(element, header, f"{header.where}/Ntry[{number}]")
+            yield from self._entry(element, header, f"{header.where}/Ntry[{number}]")
             _drop(element)
             element = None
             while (event := self._next()) is not None:
@@ -329,7 +525,7 @@ class _Camt053:
 
     # -- entries ----------------------------------------------------------------------------------------------
 
-    def _entry(self, entry: Any, header: Header, where: str) -> Line:
+    def _entry(self, entry: Any, header: Header, where: str) -> list[Line]:
         t = self._tags.__getitem__
         fields = {child.tag: child for child in entry}
         get = fields.get
@@ -348,40 +544,89 @@ class _Camt053:
         assert booked is not None and valued is not None
         if booked > header.business_date:
             check_booking_date(booked, header, f"{where}/BookgDt", entry.sourceline)
-        bank_reference = _text(get(t("AcctSvcrRef")))
-        ours: str | None = None
+        transactions = [tx for details in entry.iterfind(t("NtryDtls")) for tx in details.iterfind(t("TxDtls"))]
         texts = [_text(get(t("AddtlNtryInf")))]
-        details = get(t("NtryDtls"))
-        if details is not None:
-            transactions = details.findall(t("TxDtls"))
-            if len(transactions) > 1:
+        own = [_text(get(t("AcctSvcrRef"))), _text(get(t("NtryRef")))]  # the entry's own references, if any
+
+        def line(fen: int, bank_reference: str | None, ours: str | None, more: list[str | None]) -> Line:
+            if not bank_reference:
                 raise StatementInvalid(
-                    f"{where}/NtryDtls",
-                    "a batch booking (more than one TxDtls) is refused: one entry per payment",
+                    f"{where}/AcctSvcrRef",
+                    "the entry carries no reference: AcctSvcrRef, NtryRef, or in NtryDtls/TxDtls/Refs one of "
+                    "AcctSvcrRef, TxId, EndToEndId, InstrId, MsgId, PmtInfId",
                     line=entry.sourceline,
                 )
-            if transactions:
-                refs = transactions[0].find(t("Refs"))
-                if refs is not None:
-                    bank_reference = bank_reference or _text(refs.find(t("AcctSvcrRef")))
-                    for name in ("EndToEndId", "InstrId"):
-                        quoted = _text(refs.find(t(name)))
-                        if quoted and quoted != _NOT_PROVIDED:
-                            ours = quoted
-                            break
-                remittance = transactions[0].find(t("RmtInf"))
-                if remittance is not None:
-                    ours = ours or _text(remittance.find(f"{t('Strd')}/{t('CdtrRefInf')}/{t('Ref')}"))
-                    texts += [_text(u) for u in remittance.iterfind(t("Ustrd"))]
-        bank_reference = bank_reference or _text(get(t("NtryRef")))
-        if not bank_reference:
-            raise StatementInvalid(f"{where}/AcctSvcrRef", "the bank's reference is missing", line=entry.sourceline)
-        if len(bank_reference) > 100:
-            _too_long(f"{where}/AcctSvcrRef", entry.sourceline)
-        if ours is not None and len(ours) > 100:
-            _too_long(f"{where}/NtryDtls/TxDtls/Refs/EndToEndId", entry.sourceline)
-        text = " ".join(x for x in texts if x)[:500] or None
-        return Line(bank_reference, ours, direction, amount, valued, booked, text)
+            if len(bank_reference) > 100:
+                _too_long(f"{where}/AcctSvcrRef", entry.sourceline)
+            if ours is not None and len(ours) > 100:
+                _too_long(f"{where}/NtryDtls/TxDtls/Refs/EndToEndId", entry.sourceline)
+            text = " ".join(x for x in texts + more if x)[:500] or None
+            return Line(bank_reference, ours, direction, fen, valued, booked, text)
+
+        if len(transactions) <= 1:
+            bank, ours, ids, more = self._references(transactions[0] if transactions else None)
+            return [line(amount, _first(own[:1] + bank[:1] + own[1:] + bank[1:] + [ours] + ids), ours, more)]
+        # A batch booking: one line per transaction when each carries its amount (CNY, the entry's direction) and
+        # they add up to the entry's; otherwise the entry is one line with its own reference (matched by it, or by
+        # amount and date), since no single end-to-end reference stands for all its payments.
+        amounts = [
+            self._transaction_amount(tx, direction, f"{where}/NtryDtls/TxDtls[{n}]")
+            for n, tx in enumerate(transactions, start=1)
+        ]
+        if any(fen is None for fen in amounts):
+            found = [self._references(tx) for tx in transactions]
+            bank_reference = _first(own + [ref for f in found for ref in f[0] + f[2]])
+            return [line(amount, bank_reference, None, [f"batch of {len(transactions)} transactions"])]
+        total = sum(fen for fen in amounts if fen is not None)
+        if total != amount:
+            raise StatementInvalid(
+                f"{where}/NtryDtls",
+                f"the amounts of its {len(transactions)} TxDtls add up to {total} fen, not the entry's {amount} fen",
+                line=entry.sourceline,
+            )
+        lines = []
+        for n, (tx, fen) in enumerate(zip(transactions, amounts, strict=True), start=1):
+            bank, ours, ids, more = self._references(tx)
+            numbered = [f"{ref}/{n}" for ref in own if ref]  # the entry's reference, one per transaction
+            lines.append(line(fen or 0, _first(bank + numbered + [ours] + ids), ours, more))
+        return lines
+
+    def _references(self, tx: Any) -> tuple[list[str | None], str | None, list[str | None], list[str | None]]:
+        """A TxDtls's references: the bank's (AcctSvcrRef, TxId), ours (EndToEndId unless NOTPROVIDED, InstrId,
+        else the creditor reference), other identifiers (MsgId, PmtInfId), and its unstructured remittance text."""
+        if tx is None:
+            return [], None, [], []
+        t = self._tags.__getitem__
+        refs = tx.find(t("Refs"))
+        bank: list[str | None] = []
+        ids: list[str | None] = []
+        ours: str | None = None
+        if refs is not None:
+            bank = [_text(refs.find(t("AcctSvcrRef"))), _text(refs.find(t("TxId")))]
+            ids = [_text(refs.find(t("MsgId"))), _text(refs.find(t("PmtInfId")))]
+            for name in ("EndToEndId", "InstrId"):
+                quoted = _text(refs.find(t(name)))
+                if quoted and quoted != _NOT_PROVIDED:
+                    ours = quoted
+                    break
+        more: list[str | None] = []
+        remittance = tx.find(t("RmtInf"))
+        if remittance is not None:
+            ours = ours or _text(remittance.find(f"{t('Strd')}/{t('CdtrRefInf')}/{t('Ref')}"))
+            more = [_text(u) for u in remittance.iterfind(t("Ustrd"))]
+        return bank, ours, ids, more
+
+    def _transaction_amount(self, tx: Any, direction: str, where: str) -> int | None:
+        """A batch transaction's amount in fen (``Amt``, else ``AmtDtls/TxAmt/Amt``), or ``None`` when it gives
+        none in CNY, or gives another direction."""
+        t = self._tags.__getitem__
+        if _text(tx.find(t("CdtDbtInd"))) not in (None, {"credit": "CRDT", "debit": "DBIT"}[direction]):
+            return None
+        for path in (t("Amt"), f"{t('AmtDtls')}/{t('TxAmt')}/{t('Amt')}"):
+            element = tx.find(path)
+            if element is not None and element.get("Ccy") == "CNY":
+                return self._amount(element, where, "Amt", positive=False) or None
+        return None
 
     def _amount(self, element: Any, where: str, name: str | None = None, *, positive: bool = True) -> int:
         if element is None:
@@ -395,10 +640,17 @@ class _Camt053:
         if not _AMOUNT.match(raw):
             raise StatementInvalid(
                 _at(where, name),
-                f"{raw!r} is not an amount in yuan with at most 2 decimals (fen)",
+                f"{raw!r} is not an amount in yuan (digits, at most 5 decimals)",
                 line=element.sourceline,
             )
-        fen = int(Decimal(raw).scaleb(2))
+        exact = Decimal(raw).scaleb(2)
+        if exact != exact.to_integral_value():
+            raise StatementInvalid(
+                _at(where, name),
+                f"{raw!r} is not a whole number of fen (a non-zero digit below the fen)",
+                line=element.sourceline,
+            )
+        fen = int(exact)
         if positive and fen == 0:
             raise StatementInvalid(_at(where, name), "a booking of 0 is refused", line=element.sourceline)
         return fen
@@ -458,6 +710,10 @@ def _text(element: Any) -> str | None:
     if element is None or element.text is None:
         return None
     return element.text.strip() or None
+
+
+def _first(values: list[str | None]) -> str | None:
+    return next((v for v in values if v), None)
 
 
 def _drop(element: Any) -> None:

@@ -35,6 +35,7 @@ corrected statement, too) keeps them in place.
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -73,10 +74,10 @@ from escrow.reconciliation.parsing import (
     ParsedStatement,
     StatementInvalid,
     StatementTooLarge,
-    camt053_statements,
     json_file_statement,
 )
 from escrow.reconciliation.schemas import BreakResolution
+from escrow.reconciliation.threaded import camt053_in_thread, each
 
 ADJUSTMENT = "reconciliation_adjustment"  # the ledger kind of an adjusting entry
 COPY_COLUMNS = (
@@ -286,7 +287,7 @@ async def _copy_lines(
     tally = _Tally(hashlib.sha256(f"{header.business_date}|{header.opening}|{header.closing}\n".encode()))
 
     async def records() -> AsyncIterator[tuple]:
-        for line in parsed.lines:
+        async for line in each(parsed.lines):
             tally.add(line)
             yield (statement_id, tally.count, account_id, *line)
             if progress is not None and tally.count % PROGRESS_EVERY == 0:
@@ -804,8 +805,7 @@ async def import_file(
 ) -> FileImport:
     """Import a camt.053 (or JSON) statement file and match it, in one transaction: all of it, or nothing.
 
-    The size limit is checked before anything is read; the document is streamed. (Reading the file blocks the
-    event loop: this runs from the command line and the benchmark, where nothing else waits on it.)"""
+    The size limit is checked before anything is read; the document is streamed, parsed in a worker thread."""
     size = path.stat().st_size  # noqa: ASYNC240
     if size > settings.statement_file_max_bytes:
         raise StatementTooLarge(
@@ -820,15 +820,17 @@ async def import_file(
             if progress is not None:
                 progress(stream.tell(), size)
 
-        async with sessionmaker() as session:
+        async with sessionmaker() as session, AsyncExitStack() as parsing:
             started = time.perf_counter()
             directory = AccountDirectory(session, keyring, bank_id)
             statements = (
-                camt053_statements(stream, settings.business_timezone) if xml else [json_file_statement(stream.read())]
+                await parsing.enter_async_context(camt053_in_thread(stream, settings.business_timezone))
+                if xml
+                else [json_file_statement(stream.read())]
             )
             intakes = [
                 await import_statement(session, settings, directory, parsed, received_by, progress=report)
-                for parsed in statements
+                async for parsed in each(statements)
             ]
             if progress is not None:
                 progress(size, size)
