@@ -479,7 +479,12 @@ _EVENT = {
 
 
 async def history(session: AsyncSession, card: Card, *, before: int | None, limit: int) -> list[HistoryItem]:
-    """The card's movements, newest first: one line per journal entry touching its two accounts."""
+    """The card's movements, newest first: one line per journal entry touching its two accounts.
+
+    An entry that resolves a hold carries two kinds of posting on the card: the hold's release (``release``) and,
+    when it posts the hold, the movement itself (``posted``). A posted hold is counted by what it moved only —
+    counting its release too would show every confirmed service twice over; a voided or expired one by what it
+    gave back (its only postings)."""
     rows = await session.execute(
         text(
             "SELECT e.id, e.occurred_at, e.kind, e.type, e.refs,"
@@ -488,6 +493,7 @@ async def history(session: AsyncSession, card: Card, *, before: int | None, limi
             " JOIN ledger_postings p ON p.account_id = a.id"
             " JOIN ledger_entries e ON e.id = p.entry_id"
             " WHERE a.escrow_account_id = :book AND a.code IN (:card, :unprotected)"
+            "   AND NOT (e.type = 'post_pending' AND p.kind = 'release')"
             "   AND (CAST(:before AS bigint) IS NULL OR e.id < :before)"
             " GROUP BY e.id ORDER BY e.id DESC LIMIT :limit"
         ),
