@@ -435,6 +435,7 @@ async def test_an_unsent_payout_is_cancelled_at_the_freeze_a_sent_one_still_comp
         "merchant_payable": 30000,
         "refund_payable": 0,
         "payouts_in_flight": 10000,
+        "custody_difference": 0,
         "cards_active": 1,
         "cards_awaiting_payment": 0,
     }

@@ -170,6 +170,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 10000,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -223,6 +224,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 10000,
             "refund_payable": 270000,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -246,6 +248,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 10000,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -283,6 +286,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -335,6 +339,7 @@ class TestGymUnderFortyPercentCustodyVanishes:
             "merchant_payable": 8000,  # not paid out: the set-off pool
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -388,6 +393,7 @@ class TestGymUnderFortyPercentCustodyVanishes:
             "merchant_payable": 0,  # all of it set off
             "refund_payable": 120000,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -475,6 +481,7 @@ class TestFundTooSmall:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -632,6 +639,7 @@ class TestTrainingCentreTakenOver:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -702,6 +710,7 @@ class TestTrainingCentreTakenOver:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 1,
         }
@@ -716,6 +725,7 @@ class TestTrainingCentreTakenOver:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 1,
             "cards_awaiting_payment": 0,
         }
@@ -815,6 +825,7 @@ class TestAnnouncedClosure:
             "merchant_payable": 10000,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 1,
             "cards_awaiting_payment": 0,
         }

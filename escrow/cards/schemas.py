@@ -3,7 +3,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from escrow.kit.money import Money
+from escrow.kit.money import Money, SignedMoney
 
 
 class CardSale(BaseModel):
@@ -91,6 +91,11 @@ class AccountTotals(BaseModel):
     merchant_payable: Money = Field(description="Released, not yet paid out (payouts in flight included).")
     refund_payable: Money
     payouts_in_flight: Money
+    custody_difference: SignedMoney = Field(
+        description="Reconciliation adjustments the regulator booked (ledger account custody_difference): positive, "
+        "money in custody nobody is owed yet; negative, money missing from custody. It is why custody_cash may "
+        "differ from cards_protected + merchant_payable + refund_payable (+ funds of closures in flight)."
+    )
     cards_active: int
     cards_awaiting_payment: int
 

@@ -531,7 +531,8 @@ async def account_totals(session: AsyncSession, principal: Principal, escrow_acc
                 " coalesce(sum(t.bal) FILTER (WHERE t.code LIKE 'card_unprotected:%'), 0),"
                 " coalesce(sum(t.bal) FILTER (WHERE t.code = 'merchant_payable'), 0),"
                 " coalesce(sum(t.bal) FILTER (WHERE t.code = 'refund_payable'), 0),"
-                " coalesce(sum(t.pend) FILTER (WHERE t.code = 'merchant_payable'), 0)"
+                " coalesce(sum(t.pend) FILTER (WHERE t.code = 'merchant_payable'), 0),"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code = 'custody_difference'), 0)"
                 " FROM (SELECT a.code,"
                 "   CASE a.normal_side"
                 "     WHEN 'D' THEN a.posted_debits - a.posted_credits"
@@ -561,6 +562,7 @@ async def account_totals(session: AsyncSession, principal: Principal, escrow_acc
         "merchant_payable",
         "refund_payable",
         "payouts_in_flight",
+        "custody_difference",
     )
     totals = {key: int(value) for key, value in zip(keys, row, strict=True)}
     totals["cards_active"] = counts.get("active", 0)
