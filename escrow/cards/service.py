@@ -7,7 +7,7 @@ never-below-zero rule is the second line of defence.
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Exists, func, select, text
@@ -69,6 +69,27 @@ def custody_ratio(settings: Settings, merchant: Merchant, now: datetime) -> int:
     if (business_date(now, settings.business_timezone) - merchant.opened_on).days < settings.custody_full_first_days:
         return 10_000
     return settings.custody_ratio_bp_by_rating[merchant.credit_rating]
+
+
+def last_valid_day(settings: Settings, valid_until: date | None, today: date) -> date | None:
+    """A card's last valid day as the date alone decides it (business dates), whether the expiry job has run yet
+    or not.
+
+    With ``expiry_action=refund`` it is the day the card was sold with: past it, the card is expired. With
+    ``extend`` a card past it is extended by ``expiry_extension_days`` counted from that day — never from the day a
+    job happens to run — and, should that still be past, by as many more such periods as it takes to reach today:
+    exactly what the job, run every day, would have made of it (it extends a card again each time it lapses), so
+    under ``extend`` a card never lapses and is never refunded at expiry."""
+    if valid_until is None or valid_until >= today or settings.expiry_action != "extend":
+        return valid_until
+    periods = -(-(today - valid_until).days // settings.expiry_extension_days)  # rounded up: at least one
+    return valid_until + timedelta(days=periods * settings.expiry_extension_days)
+
+
+def expired(settings: Settings, valid_until: date | None, today: date) -> bool:
+    """Whether a card is past its last valid day (:func:`last_valid_day`) on ``today``."""
+    last = last_valid_day(settings, valid_until, today)
+    return last is not None and last < today
 
 
 def money_of(card: Card) -> CardMoney:
