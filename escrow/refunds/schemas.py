@@ -38,7 +38,13 @@ class RefundOut(BaseModel):
     card_id: str
     consumer_id: str
     cause: str
-    status: str
+    status: str = Field(
+        description="requested → approved → instructed → paid, or rejected. Approval and the bank instruction are "
+        "made in one transaction, so a refund approved now (the consumer's own, or by approve) is answered as "
+        "instructed, its approval shown by approved_at; approved is seen only while a refund waits to be "
+        "instructed again after its instruction failed. paid: the bank executed it (at once when the bank has "
+        "nothing to move)."
+    )
     amount: Money
     from_custody: Money = Field(description="Paid by the bank out of the escrow account.")
     set_off: Money = Field(description="Unprotected part paid out of the merchant's released money.")
