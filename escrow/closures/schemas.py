@@ -66,6 +66,10 @@ class ClosureOut(BaseModel):
 
 
 class ItemOut(BaseModel):
+    id: int = Field(
+        description="The item's id: the closure_item_id of the instructions that pay it. A line keeps its id when the "
+        "plan is computed again (starting the settlement does, to fix the fund's share)."
+    )
     seq: int
     kind: str = Field(description="card: a card's unused value; claim: an earlier refund the merchant still owed.")
     decision: str
@@ -84,7 +88,15 @@ class ItemOut(BaseModel):
     unpaid: Money
     transferred: Money
     assumed: Money
-    done_at: datetime | None
+    done_at: datetime | None = Field(description="When the settlement made its movements and instructions.")
+    paid_at: datetime | None = Field(
+        description="When every part the banks were told to pay for it (custody, set-off, the fund's payments, a "
+        "transfer) was executed; null until then."
+    )
+    revised_at: datetime | None = Field(
+        description="When a computation of the plan after the first changed this line's figures or added it (equal "
+        "to the closure's planned_at if the last one did); null: as first computed."
+    )
 
 
 class ConfirmationOut(BaseModel):

@@ -48,7 +48,13 @@ class RefundOut(BaseModel):
     amount: Money
     from_custody: Money = Field(description="Paid by the bank out of the escrow account.")
     set_off: Money = Field(description="Unprotected part paid out of the merchant's released money.")
-    merchant_owes: Money = Field(description="Unprotected part left as the merchant's debt to you.")
+    from_fund: Money = Field(
+        description="Closure refunds: paid by the first-compensation fund (now, or when it has money again); the "
+        "fund holds that claim on the merchant."
+    )
+    merchant_owes: Money = Field(
+        description="Unprotected part the merchant still owes you (not what the fund pays: that is its claim)."
+    )
     retained: Money
     computation: dict
     reason: str | None
@@ -68,6 +74,7 @@ class RefundOut(BaseModel):
             amount=Money(amount=r.amount),
             from_custody=Money(amount=r.from_custody),
             set_off=Money(amount=r.set_off),
+            from_fund=Money(amount=r.from_fund),
             merchant_owes=Money(amount=r.merchant_owes),
             retained=Money(amount=r.retained),
             computation=r.computation,

@@ -163,6 +163,7 @@ async def _new_refund(session: AsyncSession, card: Card, computed: Quote, reason
         amount=computed.amount,
         from_custody=0,
         set_off=0,
+        from_fund=0,  # the fund pays only in closures
         merchant_owes=computed.amount,
         retained=computed.retained,
         computation=computed.as_dict(),
