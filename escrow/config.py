@@ -2,8 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
         ge=0,
         le=23,
         description="Hour of the business day (business time zone) after which the daily payout run is made "
-        "(unset: on demand only, POST /v1/payout-runs).",
+        "(empty: on demand only, POST /v1/payout-runs).",
     )
     closure_notice_days: int = Field(
         default=30, ge=0, description="An announced closure takes effect at least this many days later."
@@ -136,6 +137,16 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field(default="auto", description="`json`, `console`, or `auto` (console on a terminal).")
     business_timezone: str = Field(default="Asia/Shanghai", description="Time zone of business dates.")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """An optional setting given empty (``ESCROW_PAYOUT_HOUR=``) is unset (None), as documented: it is not
+        parsed as a value, and not replaced by the default either."""
+        blank = isinstance(value, str) and not value.strip() and info.field_name is not None
+        if blank and type(None) in get_args(cls.model_fields[info.field_name].annotation):  # type: ignore[index]
+            return None
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -94,6 +94,7 @@ class TestGymSessionsCard:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 1,
             "cards_awaiting_payment": 0,
         }
@@ -185,6 +186,7 @@ class TestGymSessionsCard:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 1,
             "cards_awaiting_payment": 0,
         }
@@ -222,6 +224,7 @@ class TestGymSessionsCard:
             "merchant_payable": 10000,
             "refund_payable": 170000,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -499,6 +502,7 @@ class TestCardUnderFortyPercentCustody:
             "merchant_payable": 0,
             "refund_payable": 120000,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }

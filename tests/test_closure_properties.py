@@ -262,9 +262,10 @@ class TestSettlementThroughTheApi:
         self.check_plan(cards, planned, pools, cap, available)
         await closures.settle(sessionmaker, fixed, closure_id, batch_size=population["batch"])
         settled = await check_settled(session, engine, closure_id)
-        assert [dict(i) | {"status": "planned", "done_at": None, "refund_id": None} for i in settled] == [
-            dict(i) | {"refund_id": None} for i in planned
-        ], "the plan executed is the plan fixed at the start"
+        executed = {"status": "planned", "done_at": None, "paid_at": None, "refund_id": None}  # marks of execution
+        assert [dict(i) | executed for i in settled] == [dict(i) | {"refund_id": None} for i in planned], (
+            "the plan executed is the plan fixed at the start"
+        )
         await check_paid(client, session, engine, closure_id, *shop.banks, fund_bank)
         for account in shop.accounts:
             totals = await shop.totals(account)

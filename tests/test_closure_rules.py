@@ -435,6 +435,7 @@ async def test_an_unsent_payout_is_cancelled_at_the_freeze_a_sent_one_still_comp
         "merchant_payable": 30000,
         "refund_payable": 0,
         "payouts_in_flight": 10000,
+        "custody_difference": 0,
         "cards_active": 1,
         "cards_awaiting_payment": 0,
     }
@@ -640,6 +641,7 @@ async def test_the_plan_exports_as_csv_one_row_per_item(
     assert f'filename="{closure_id}-plan.csv"' in response.headers["content-disposition"]
     rows = list(csv.reader(io.StringIO(response.text)))
     assert rows[0] == [
+        "id",
         "seq",
         "kind",
         "decision",
@@ -658,10 +660,15 @@ async def test_the_plan_exports_as_csv_one_row_per_item(
         "unpaid",
         "transferred",
         "assumed",
+        "done_at",
+        "paid_at",
+        "revised_at",
     ]
     assert len(rows) == 1 + 3
-    assert [(r[0], r[1], r[3], r[6], r[9], r[10], r[11]) for r in rows[1:]] == [
-        (str(n), "card", "planned", card, "100000", "100000", "0") for n, card in enumerate(sorted(shop.cards), 1)
+    listed = {i["seq"]: i["id"] for i in await items(client, shop.regulator, closure_id)}
+    assert [(r[0], r[1], r[2], r[4], r[7], r[10], r[11], r[12], r[-3:]) for r in rows[1:]] == [
+        (str(listed[n]), str(n), "card", "planned", card, "100000", "100000", "0", ["", "", ""])
+        for n, card in enumerate(sorted(shop.cards), 1)
     ]
 
 

@@ -93,12 +93,15 @@ def money_totals(totals: dict) -> dict:
     return {k: v for k, v in totals.items() if k not in ("status", "progress", "items", "done")}
 
 
-def statement_of(closure_id: str, card_id: str, refund_id: str | None, **money: int) -> dict:
-    """What GET /v1/me/closure-statements shows for a card refunded by the closure (0 where not given)."""
+def statement_of(closure_id: str, item: dict, **money: int) -> dict:
+    """What GET /v1/me/closure-statements shows for a card refunded by the closure (0 where not given), once all
+    of it was paid; ``item`` is the plan's line (GET /v1/closures/{id}/items)."""
     return {
         "closure_id": closure_id,
-        "card_id": card_id,
-        "refund_id": refund_id,
+        "closure_item_id": item["id"],
+        "card_id": item["card_id"],
+        "refund_id": item["refund_id"],
+        "paid": money.pop("paid", True),
         "kind": "card",
         "decision": money.pop("decision", "refund"),
         "new_card_id": money.pop("new_card_id", None),
@@ -170,6 +173,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 10000,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -223,6 +227,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 10000,
             "refund_payable": 270000,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -246,6 +251,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 10000,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -263,7 +269,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             (consumers[2], card3, 100000),
         ):
             assert await statements(client, token) == [
-                statement_of(closure_id, card, by_card[card]["refund_id"], unused=unused, from_custody=unused)
+                statement_of(closure_id, by_card[card], unused=unused, from_custody=unused)
             ]
         assert await fund_overview(client, regulator) == fund_before  # the fund was not needed
 
@@ -283,6 +289,7 @@ class TestSalonUnderFullCustodyOrderedClosed:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -335,6 +342,7 @@ class TestGymUnderFortyPercentCustodyVanishes:
             "merchant_payable": 8000,  # not paid out: the set-off pool
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -388,6 +396,7 @@ class TestGymUnderFortyPercentCustodyVanishes:
             "merchant_payable": 0,  # all of it set off
             "refund_payable": 120000,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 0,
         }
@@ -421,17 +430,17 @@ class TestGymUnderFortyPercentCustodyVanishes:
         assert claims[0]["paid"] == sum(i["amount"]["amount"] for i in executed)
         refund = (await client.get(f"/v1/refunds/{listed[0]['refund_id']}", headers=bearer(dan))).json()
         assert (refund["status"], refund["cause"]) == ("paid", "closure")
-        assert [flat(refund)[k] for k in ("amount", "from_custody", "set_off", "merchant_owes")] == [
+        # the fund paid 45,715 of it: that claim on the gym is the fund's now, the gym owes Dan nothing more
+        assert [flat(refund)[k] for k in ("amount", "from_custody", "set_off", "from_fund", "merchant_owes")] == [
             80000,
             32000,
             2285,
             45715,
+            0,
         ]
         for (_, token), item, (u, p, s, f) in zip(consumers, listed, expected, strict=True):
             assert await statements(client, token) == [
-                statement_of(
-                    closure_id, item["card_id"], item["refund_id"], unused=u, from_custody=p, set_off=s, fund_paid=f
-                )
+                statement_of(closure_id, item, unused=u, from_custody=p, set_off=s, fund_paid=f)
             ]
         assert card_amounts(await card_detail(client, eva, cards[1]))["refunded"] == 100000
         assert card_amounts(await card_detail(client, fay, cards[2]))["status"] == "closed_settled"
@@ -475,6 +484,7 @@ class TestFundTooSmall:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -632,6 +642,7 @@ class TestTrainingCentreTakenOver:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 3,
             "cards_awaiting_payment": 0,
         }
@@ -702,6 +713,7 @@ class TestTrainingCentreTakenOver:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 0,
             "cards_awaiting_payment": 1,
         }
@@ -716,6 +728,7 @@ class TestTrainingCentreTakenOver:
             "merchant_payable": 0,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 1,
             "cards_awaiting_payment": 0,
         }
@@ -746,17 +759,22 @@ class TestTrainingCentreTakenOver:
         }
         assert (await account_totals(client, regulator, successor_account))["merchant_payable"] == 10000
 
+        by_card = {i["card_id"]: i for i in listed}
         assert await statements(client, amy) == [
             statement_of(
-                closure_id, amy_card, None, decision="transfer", new_card_id=new_card, unused=150000, transferred=150000
+                closure_id,
+                by_card[amy_card],
+                decision="transfer",
+                new_card_id=new_card,
+                unused=150000,
+                transferred=150000,
             )
         ]
-        by_card = {i["card_id"]: i for i in listed}
         assert await statements(client, ben) == [
-            statement_of(closure_id, ben_card, by_card[ben_card]["refund_id"], unused=200000, from_custody=200000)
+            statement_of(closure_id, by_card[ben_card], unused=200000, from_custody=200000)
         ]
         assert await statements(client, cat) == [
-            statement_of(closure_id, cat_card, by_card[cat_card]["refund_id"], unused=180000, from_custody=180000)
+            statement_of(closure_id, by_card[cat_card], unused=180000, from_custody=180000)
         ]
         assert (await client.get(f"/v1/closures/{closure_id}", headers=bearer(successor.token))).status_code == 200
         # the successor sees the closure it takes part in, not the other consumers' items
@@ -815,6 +833,7 @@ class TestAnnouncedClosure:
             "merchant_payable": 10000,
             "refund_payable": 0,
             "payouts_in_flight": 0,
+            "custody_difference": 0,
             "cards_active": 1,
             "cards_awaiting_payment": 0,
         }

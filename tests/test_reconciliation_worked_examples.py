@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from escrow import ledger
 from escrow.config import Settings
 from escrow.ledger.integrity import verify_database
-from tests.parties import bearer
+from tests.parties import account_totals, bearer
 from tests.reconciling import (
     PRICE,
     breaks,
@@ -121,6 +121,20 @@ class TestADayOfDepositsPayoutsAndARefund:
         assert await breaks(client, regulator, state="open") == []
         difference = await ledger.balance(session, shop.account_id, "custody_difference")
         assert difference.posted == 500 - 1_500  # a credit-normal account: 10 yuan missing from custody, net
+        # the fee's line is accounted for by the adjusting entry alone; the overpaid deposit keeps the rule that
+        # matched it (its 5 yuan difference adjusted)
+        by_line = {line["bank_transaction_id"]: line for line in await lines(client, regulator, stmt["id"])}
+        assert (by_line["FEE-0001"]["outcome"], by_line["FEE-0001"]["matched_by"]) == ("matched", "adjustment")
+        assert len(by_line["FEE-0001"]["ledger_entry_ids"]) == 1
+        assert by_line[d3.bank_transaction_id]["matched_by"] == "service_reference"
+        # the account's totals say why custody is 10 yuan short of what cards and payables add up to
+        totals = await account_totals(client, regulator, shop.account_id)
+        assert totals["custody_difference"] == -1_000
+        assert (
+            totals["custody_cash"]
+            == 269_000
+            == (totals["cards_protected"] + totals["merchant_payable"] + totals["refund_payable"] - 1_000)
+        )
         report = await verify_database(engine)
         assert report.ok, [c for c in report.checks if not c.ok]
         # the journal rows of the day are untouched: the adjustments are entries of their own

@@ -21,7 +21,7 @@ from escrow.consumptions.service import pending_on
 from escrow.db import Row
 from escrow.deps import DbSession, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
-from escrow.kit.money import Money
+from escrow.kit.money import Money, SignedMoney
 from escrow.kit.pagination import Page, decode_cursor, int8, page_of
 from escrow.kit.params import Cursor, Limit, path_id, query_id
 from escrow.models import Card
@@ -231,8 +231,12 @@ async def escrow_account_totals(
     """
     totals = await service.account_totals(db_session, principal, escrow_account_id)
     counts = {k: totals.pop(k) for k in ("cards_active", "cards_awaiting_payment")}
+    difference = SignedMoney(amount=totals.pop("custody_difference"))
     return AccountTotals(
-        escrow_account_id=escrow_account_id, **{k: Money(amount=v) for k, v in totals.items()}, **counts
+        escrow_account_id=escrow_account_id,
+        **{k: Money(amount=v) for k, v in totals.items()},
+        custody_difference=difference,
+        **counts,
     )
 
 

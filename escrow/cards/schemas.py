@@ -4,7 +4,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from escrow.kit.body import RequestModel
-from escrow.kit.money import Money
+from escrow.kit.money import Money, SignedMoney
 
 
 class CardSale(RequestModel):
@@ -130,6 +130,11 @@ class AccountTotals(BaseModel):
     merchant_payable: Money = Field(description="Released, not yet paid out (payouts in flight included).")
     refund_payable: Money = Field(description="Refunds approved, not yet paid by the bank.")
     payouts_in_flight: Money = Field(description="Payouts to the merchant instructed but not yet reported executed.")
+    custody_difference: SignedMoney = Field(
+        description="Reconciliation adjustments the regulator booked (ledger account custody_difference): positive, "
+        "money in custody nobody is owed yet; negative, money missing from custody. It is why custody_cash may "
+        "differ from cards_protected + merchant_payable + refund_payable (+ funds of closures in flight)."
+    )
     cards_active: int = Field(description="Cards paid and usable.")
     cards_awaiting_payment: int = Field(description="Cards sold and not yet paid.")
 

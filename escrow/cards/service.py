@@ -7,7 +7,7 @@ never-below-zero rule is the second line of defence.
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Exists, func, select, text
@@ -69,6 +69,27 @@ def custody_ratio(settings: Settings, merchant: Merchant, now: datetime) -> int:
     if (business_date(now, settings.business_timezone) - merchant.opened_on).days < settings.custody_full_first_days:
         return 10_000
     return settings.custody_ratio_bp_by_rating[merchant.credit_rating]
+
+
+def last_valid_day(settings: Settings, valid_until: date | None, today: date) -> date | None:
+    """A card's last valid day as the date alone decides it (business dates), whether the expiry job has run yet
+    or not.
+
+    With ``expiry_action=refund`` it is the day the card was sold with: past it, the card is expired. With
+    ``extend`` a card past it is extended by ``expiry_extension_days`` counted from that day — never from the day a
+    job happens to run — and, should that still be past, by as many more such periods as it takes to reach today:
+    exactly what the job, run every day, would have made of it (it extends a card again each time it lapses), so
+    under ``extend`` a card never lapses and is never refunded at expiry."""
+    if valid_until is None or valid_until >= today or settings.expiry_action != "extend":
+        return valid_until
+    periods = -(-(today - valid_until).days // settings.expiry_extension_days)  # rounded up: at least one
+    return valid_until + timedelta(days=periods * settings.expiry_extension_days)
+
+
+def expired(settings: Settings, valid_until: date | None, today: date) -> bool:
+    """Whether a card is past its last valid day (:func:`last_valid_day`) on ``today``."""
+    last = last_valid_day(settings, valid_until, today)
+    return last is not None and last < today
 
 
 def money_of(card: Card) -> CardMoney:
@@ -479,7 +500,12 @@ _EVENT = {
 
 
 async def history(session: AsyncSession, card: Card, *, before: int | None, limit: int) -> list[HistoryItem]:
-    """The card's movements, newest first: one line per journal entry touching its two accounts."""
+    """The card's movements, newest first: one line per journal entry touching its two accounts.
+
+    An entry that resolves a hold carries two kinds of posting on the card: the hold's release (``release``) and,
+    when it posts the hold, the movement itself (``posted``). A posted hold is counted by what it moved only —
+    counting its release too would show every confirmed service twice over; a voided or expired one by what it
+    gave back (its only postings)."""
     rows = await session.execute(
         text(
             "SELECT e.id, e.occurred_at, e.kind, e.type, e.refs,"
@@ -488,6 +514,7 @@ async def history(session: AsyncSession, card: Card, *, before: int | None, limi
             " JOIN ledger_postings p ON p.account_id = a.id"
             " JOIN ledger_entries e ON e.id = p.entry_id"
             " WHERE a.escrow_account_id = :book AND a.code IN (:card, :unprotected)"
+            "   AND NOT (e.type = 'post_pending' AND p.kind = 'release')"
             "   AND (CAST(:before AS bigint) IS NULL OR e.id < :before)"
             " GROUP BY e.id ORDER BY e.id DESC LIMIT :limit"
         ),
@@ -525,7 +552,8 @@ async def account_totals(session: AsyncSession, principal: Principal, escrow_acc
                 " coalesce(sum(t.bal) FILTER (WHERE t.code LIKE 'card_unprotected:%'), 0),"
                 " coalesce(sum(t.bal) FILTER (WHERE t.code = 'merchant_payable'), 0),"
                 " coalesce(sum(t.bal) FILTER (WHERE t.code = 'refund_payable'), 0),"
-                " coalesce(sum(t.pend) FILTER (WHERE t.code = 'merchant_payable'), 0)"
+                " coalesce(sum(t.pend) FILTER (WHERE t.code = 'merchant_payable'), 0),"
+                " coalesce(sum(t.bal) FILTER (WHERE t.code = 'custody_difference'), 0)"
                 " FROM (SELECT a.code,"
                 "   CASE a.normal_side"
                 "     WHEN 'D' THEN a.posted_debits - a.posted_credits"
@@ -555,6 +583,7 @@ async def account_totals(session: AsyncSession, principal: Principal, escrow_acc
         "merchant_payable",
         "refund_payable",
         "payouts_in_flight",
+        "custody_difference",
     )
     totals = {key: int(value) for key, value in zip(keys, row, strict=True)}
     totals["cards_active"] = counts.get("active", 0)

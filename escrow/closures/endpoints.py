@@ -71,6 +71,7 @@ def closure_out(closure: Closure, totals: service.Totals | None = None) -> Closu
 
 def item_out(item: ClosureItem) -> ItemOut:
     return ItemOut(
+        id=item.id,
         seq=item.seq,
         kind=item.kind,
         decision=item.decision,
@@ -81,6 +82,8 @@ def item_out(item: ClosureItem) -> ItemOut:
         refund_id=item.refund_id,
         new_card_id=item.new_card_id,
         done_at=item.done_at,
+        paid_at=item.paid_at,
+        revised_at=item.revised_at,
         **{column: Money(amount=getattr(item, column)) for column in MONEY_COLUMNS},
     )
 
@@ -166,6 +169,8 @@ async def compute_plan(
     guards=[requires("regulator", "merchant", own=("merchant",))],
     tags=TAGS,
     summary="The settlement plan item by item: per card, what custody, set-off and the fund pay, what is left",
+    description="Each item's id is the closure_item_id of the instructions that pay it; ids stay the same when the "
+    "plan is computed again (revised_at marks lines whose figures changed).",
     responses=problem_responses(401, 403, 404, 422),
 )
 async def list_items(
@@ -182,6 +187,7 @@ async def list_items(
 
 
 CSV_HEADER = (
+    "id",
     "seq",
     "kind",
     "decision",
@@ -192,7 +198,12 @@ CSV_HEADER = (
     "refund_id",
     "new_card_id",
     *MONEY_COLUMNS,
+    "done_at",
+    "paid_at",
+    "revised_at",
 )
+TEXT_COLUMNS = CSV_HEADER[:10]
+TIME_COLUMNS = CSV_HEADER[-3:]
 
 
 @get(
@@ -221,7 +232,11 @@ async def plan_csv(
             )
             async for item in result:
                 writer.writerow(
-                    [*(getattr(item, c) or "" for c in CSV_HEADER[:9]), *(getattr(item, c) for c in MONEY_COLUMNS)]
+                    [
+                        *(getattr(item, c) or "" for c in TEXT_COLUMNS),
+                        *(getattr(item, c) for c in MONEY_COLUMNS),
+                        *(getattr(item, c).isoformat() if getattr(item, c) else "" for c in TIME_COLUMNS),
+                    ]
                 )
                 if buffer.tell() > 64_000:
                     yield buffer.getvalue()

@@ -97,6 +97,10 @@ class ItemOut(BaseModel):
     what is left unpaid.
     """
 
+    id: int = Field(
+        description="The item's id: the closure_item_id of the instructions that pay it. A line keeps its id when the "
+        "plan is computed again (starting the settlement does, to fix the fund's share)."
+    )
     seq: int = Field(description="Position in the plan; shares of a short pool are given in this order.")
     kind: str = Field(description="card: a card's unused value; claim: an earlier refund the merchant still owed.")
     decision: str = Field(description="refund (paid back to the consumer) or transfer (moved to the successor).")
@@ -115,7 +119,15 @@ class ItemOut(BaseModel):
     unpaid: Money = Field(description="Beyond the fund's cap: still the consumer's claim on the merchant.")
     transferred: Money = Field(description="Custodied funds moved to the successor.")
     assumed: Money = Field(description="Value outside custody the successor took over.")
-    done_at: datetime | None
+    done_at: datetime | None = Field(description="When the settlement made its movements and instructions.")
+    paid_at: datetime | None = Field(
+        description="When every part the banks were told to pay for it (custody, set-off, the fund's payments, a "
+        "transfer) was executed; null until then."
+    )
+    revised_at: datetime | None = Field(
+        description="When a computation of the plan after the first changed this line's figures or added it (equal "
+        "to the closure's planned_at if the last one did); null: as first computed."
+    )
 
 
 class ConfirmationOut(BaseModel):

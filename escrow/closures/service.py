@@ -476,24 +476,57 @@ WITH pools AS (
                       - div(CAST(:available AS numeric) * (f.d_upto - f.demand), f.d_total))::bigint
            END AS fund_paid
       FROM fund f
+), lines AS (
+    SELECT seq, kind, CASE WHEN takeover THEN 'transfer' ELSE 'refund' END AS decision, escrow_account_id,
+           consumer_id, card_id, refund_id, unused,
+           CASE WHEN takeover THEN 0 ELSE protected END AS from_custody,
+           set_off, fund_paid, demand - fund_paid AS fund_owed, q - set_off - demand AS unpaid,
+           CASE WHEN takeover THEN protected ELSE 0 END AS transferred,
+           CASE WHEN takeover THEN unused - protected ELSE 0 END AS assumed
+      FROM final
+), kept AS (
+    -- a line of the plan computed before (same card, or same earlier refund) keeps its id; revised_at marks it when
+    -- its figures changed
+    UPDATE closure_items i
+       SET seq = l.seq, decision = l.decision, escrow_account_id = l.escrow_account_id,
+           consumer_id = l.consumer_id, unused = l.unused, from_custody = l.from_custody, set_off = l.set_off,
+           fund_paid = l.fund_paid, fund_owed = l.fund_owed, unpaid = l.unpaid, transferred = l.transferred,
+           assumed = l.assumed,
+           revised_at = CASE WHEN (i.decision, i.unused, i.from_custody, i.set_off, i.fund_paid, i.fund_owed,
+                                   i.unpaid, i.transferred, i.assumed)
+                                  IS DISTINCT FROM (l.decision, l.unused, l.from_custody, l.set_off, l.fund_paid,
+                                                    l.fund_owed, l.unpaid, l.transferred, l.assumed)
+                             THEN CAST(:now AS timestamptz) ELSE i.revised_at END
+      FROM lines l
+     WHERE i.closure_id = :closure AND i.kind = l.kind AND i.card_id IS NOT DISTINCT FROM l.card_id
+       AND i.refund_id IS NOT DISTINCT FROM l.refund_id
+    RETURNING i.id
 )
 INSERT INTO closure_items (closure_id, seq, kind, decision, status, escrow_account_id, consumer_id, card_id,
                            refund_id, unused, from_custody, set_off, fund_paid, fund_owed, fund_owed_paid, unpaid,
-                           transferred, assumed)
-SELECT :closure, seq, kind, CASE WHEN takeover THEN 'transfer' ELSE 'refund' END, 'planned', escrow_account_id,
-       consumer_id, card_id, refund_id, unused,
-       CASE WHEN takeover THEN 0 ELSE protected END,
-       set_off, fund_paid, demand - fund_paid, 0, q - set_off - demand,
-       CASE WHEN takeover THEN protected ELSE 0 END,
-       CASE WHEN takeover THEN unused - protected ELSE 0 END
-  FROM final
+                           transferred, assumed, revised_at)
+SELECT :closure, seq, kind, decision, 'planned', escrow_account_id, consumer_id, card_id, refund_id, unused,
+       from_custody, set_off, fund_paid, fund_owed, 0, unpaid, transferred, assumed,
+       CASE WHEN :recomputed THEN CAST(:now AS timestamptz) END
+  FROM lines l
+ WHERE NOT EXISTS (SELECT 1 FROM closure_items i WHERE i.closure_id = :closure AND i.kind = l.kind
+                     AND i.card_id IS NOT DISTINCT FROM l.card_id AND i.refund_id IS NOT DISTINCT FROM l.refund_id)
 """
 )
 
 
 async def compute_plan(session: AsyncSession, settings: Settings, closure: Closure, fund_available: int) -> int:
-    """(Re)write the closure's items from the cards as they stand (frozen); returns how many there are."""
-    await session.execute(delete(ClosureItem).where(ClosureItem.closure_id == closure.id))
+    """(Re)write the closure's items from the cards as they stand (frozen); returns how many there are.
+
+    Computed again (the regulator asks again, or the settlement starts and fixes the fund's share under its lock),
+    each line of the plan shown before keeps its id — a card's line, or an earlier refund's — so what was read
+    (``GET …/items``, ``plan.csv``) and the instructions that pay it name the same items; a line whose figures
+    changed is marked ``revised_at`` (the closure's new ``planned_at``), a line new since then too, and a line
+    that is no longer owed is dropped."""
+    now = utcnow()
+    recomputed = closure.planned_at is not None
+    # positions are given again from 1: the old ones step aside first (the index on them is checked row by row)
+    await session.execute(update(ClosureItem).where(ClosureItem.closure_id == closure.id).values(seq=-ClosureItem.seq))
     pools: dict[str, int] = {}
     for account_id in await session.scalars(
         select(EscrowAccount.id).where(EscrowAccount.merchant_id == closure.merchant_id).order_by(EscrowAccount.id)
@@ -511,13 +544,16 @@ async def compute_plan(session: AsyncSession, settings: Settings, closure: Closu
             "pool_amounts": list(pools.values()),
             "cap": settings.fund_cap_per_consumer,
             "available": fund_available,
+            "now": now,
+            "recomputed": recomputed,
         },
     )
+    await session.execute(delete(ClosureItem).where(ClosureItem.closure_id == closure.id, ClosureItem.seq < 0))
     closure.items_total = int(
         await session.scalar(select(func.count()).where(ClosureItem.closure_id == closure.id)) or 0
     )
     closure.items_done = 0
-    closure.planned_at = utcnow()
+    closure.planned_at = now
     await session.flush()
     return closure.items_total
 
@@ -602,7 +638,10 @@ _CARDS_REFUNDED = text(
     " AS u(id, unused, custody) WHERE c.id = u.id"
 )
 _ITEMS_DONE = text(
-    "UPDATE closure_items i SET status = 'done', done_at = :now, refund_id = u.refund_id"
+    "UPDATE closure_items i SET status = 'done', done_at = CAST(:now AS timestamptz), refund_id = u.refund_id,"
+    # nothing for the banks to pay (all of it a claim on the merchant): paid as it is done
+    "  paid_at = CASE WHEN i.from_custody + i.set_off + i.fund_paid + i.fund_owed + i.transferred = 0"
+    "   THEN CAST(:now AS timestamptz) END"
     " FROM unnest(CAST(:ids AS bigint[]), CAST(:refund_ids AS text[])) AS u(id, refund_id) WHERE i.id = u.id"
 )
 
@@ -624,6 +663,7 @@ _REFUND_COLUMNS = {
     "amount": "bigint",
     "from_custody": "bigint",
     "set_off": "bigint",
+    "from_fund": "bigint",
     "merchant_owes": "bigint",
     "computation": "jsonb",
     "reason": "text",
@@ -716,6 +756,7 @@ async def settle_batch(
                 await _transfer(session, closure, taken, moved, banks[item.escrow_account_id], batch, today)
                 taken.status = "done"
                 taken.done_at = now
+                taken.paid_at = None if item.transferred else now  # nothing to move: the new card is live
                 continue
             _refund_card(item, card, banks[item.escrow_account_id], batch, now)
         else:
@@ -821,20 +862,22 @@ def _refund_card(item: Any, card: Any, bank_id: str, batch: _Batch, now: datetim
     batch.entries.append(ledger.Entry(card.escrow_account_id, "closure_refund", legs, refs, batch.principal))
     by_bank = item.from_custody + item.set_off
     refund_id = new_id("rfd")
+    owed = _paid_by_instructions(item)  # the refund is paid when the banks executed all of it: custody, fund
     batch.refunds.append(  # cause closure, approved now, due in refund_due_days: see _INSERT_REFUNDS
         {
             "id": refund_id,
             "card_id": card.id,
             "escrow_account_id": card.escrow_account_id,
             "consumer_id": card.consumer_id,
-            "status": "instructed" if by_bank else "paid",
+            "status": "instructed" if owed else "paid",
             "amount": item.unused,
             "from_custody": item.from_custody,
             "set_off": item.set_off,
-            "merchant_owes": q - item.set_off,
-            "computation": json.dumps(statement(item)),
+            "from_fund": item.fund_paid + item.fund_owed,
+            "merchant_owes": item.unpaid,  # what the fund pays is the fund's claim now, not the consumer's
+            "computation": json.dumps(statement(item, state=False)),
             "reason": f"closure {item.closure_id}",
-            "paid_at": None if by_bank else now,
+            "paid_at": None if owed else now,
         }
     )
     batch.done.append((item.id, refund_id))
@@ -844,6 +887,12 @@ def _refund_card(item: Any, card: Any, bank_id: str, batch: _Batch, now: datetim
             _bank_instruction(item, "refund", by_bank, bank_id, beneficiary, refund_id=refund_id), "refund_payable"
         )
     batch.cards.append((card.id, item.unused, item.from_custody))  # refunded, closed_settled
+
+
+def _paid_by_instructions(item: Any) -> int:
+    """What the banks are to pay a consumer for an item: custody, set-off, the fund (now and what it owes), a
+    transfer. The item is paid once instructions of exactly that much were executed (``payouts.item_paid``)."""
+    return item.from_custody + item.set_off + item.fund_paid + item.fund_owed + item.transferred
 
 
 def _settle_claim(item: ClosureItem, bank_id: str, batch: _Batch) -> None:
@@ -919,10 +968,12 @@ async def _transfer(
         await cards.activate_transferred(session, successor_card.id, 0, f"takeover:{card.id}")
 
 
-def statement(item: ClosureItem) -> dict[str, Any]:
-    """A consumer's statement of one item: what was owed and what was paid from where (fen)."""
+def statement(item: ClosureItem, *, state: bool = True) -> dict[str, Any]:
+    """A consumer's statement of one item: what was owed and what was paid from where (fen); with ``state``,
+    whether it is all paid yet."""
     return {
         "closure_id": item.closure_id,
+        "closure_item_id": item.id,
         "card_id": item.card_id,
         "refund_id": item.refund_id,
         "kind": item.kind,
@@ -937,7 +988,7 @@ def statement(item: ClosureItem) -> dict[str, Any]:
         "transferred": item.transferred,
         "assumed_by_successor": item.assumed,
         "new_card_id": item.new_card_id,
-    }
+    } | ({"paid": item.paid_at is not None} if state else {})  # every part the banks were to pay was executed
 
 
 async def settle_next(session: AsyncSession, settings: Settings) -> int:

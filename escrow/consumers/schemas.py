@@ -10,7 +10,10 @@ class ConsumerRegister(RequestModel):
     """A consumer, identified by phone number."""
 
     phone: str = Field(
-        description="Mainland mobile number; only a keyed hash and a masked form are kept.", examples=["13812345678"]
+        description="Mainland mobile number; only a keyed hash and a masked form are kept. Normalized first "
+        "(Unicode NFKC, so full-width digits count as ASCII ones; spaces, dashes and a +86 prefix dropped): one phone "
+        "is one consumer however it is typed. Digits of other scripts are refused.",
+        examples=["13812345678"],
     )
 
     @field_validator("phone")

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from escrow.auth.tokens import Principal, Unauthenticated, issue_token
 from escrow.config import Settings
 from escrow.errors import NotFound
-from escrow.kit.crypto import Keyring, mask_phone
+from escrow.kit.crypto import Keyring, mask_phone, normalize_phone
 from escrow.kit.ids import new_id
 from escrow.models import Consumer, ConsumerCode, ConsumerLink
 
@@ -25,9 +25,16 @@ class InvalidCode(Unauthenticated):
     title = "Wrong or expired sign-in code"
 
 
+def _phone_hash(keyring: Keyring, phone: str) -> str:
+    """The look-up hash of a phone number, always of its normal form (``normalize_phone``; the request schemas
+    normalize too, and refuse what is not a number), so one phone is one consumer however it was typed."""
+    return keyring.lookup_hash(normalize_phone(phone))
+
+
 async def register(session: AsyncSession, keyring: Keyring, principal: Principal, phone: str) -> tuple[Consumer, bool]:
     """Find or create the consumer with this phone; a merchant is linked to it. Returns (consumer, created)."""
-    phone_hash = keyring.lookup_hash(phone)
+    phone = normalize_phone(phone)
+    phone_hash = _phone_hash(keyring, phone)
     created = await session.scalar(
         insert(Consumer)
         .values(id=new_id("con"), phone_hash=phone_hash, phone_masked=mask_phone(phone))
@@ -94,7 +101,7 @@ async def sign_in(
     whatever this request does next; concurrent guesses each spend one, so no more tries than allowed are
     ever compared with the code.
     """
-    phone_hash = keyring.lookup_hash(phone)
+    phone_hash = _phone_hash(keyring, phone)
     open_code = (
         select(ConsumerCode.id)
         .join(Consumer, Consumer.id == ConsumerCode.consumer_id)

@@ -148,7 +148,7 @@ async def record_many(
                 f"no card {service.card_id}", errors=_item(at, "card_id", f"no card {service.card_id}", "exists")
             )
         units, field = _units(card, service, at)
-        _check(card, states[card.id], units, field, at, today)
+        _check(card, states[card.id], units, field, at, today, settings)
         amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
         protected, unprotected = cards.take(card, amount)
         card.units_used += units
@@ -214,9 +214,9 @@ def _units(card: db.Row, service: Service, at: str) -> tuple[int, str]:
     return units, field
 
 
-def _check(card: db.Row, state: Any, units: int, field: str, at: str, today: date) -> None:
+def _check(card: db.Row, state: Any, units: int, field: str, at: str, today: date, settings: Settings) -> None:
     """May ``units`` more be taken from this locked card now?"""
-    if card.valid_until is not None and today > card.valid_until:
+    if cards.expired(settings, card.valid_until, today):
         raise cards.CardNotActive(
             f"card {card.id} was valid until {card.valid_until}", errors=_item(at, "card_id", "expired", "valid_until")
         )

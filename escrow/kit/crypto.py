@@ -5,10 +5,12 @@ import hashlib
 import hmac
 import os
 import re
+import unicodedata
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-_PHONE = re.compile(r"^1[3-9]\d{9}$")
+_PHONE = re.compile(r"1[3-9][0-9]{9}")  # ASCII digits only: \d would take any script's digits
+_PHONE_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015\u2212]")  # spaces, hyphens and dashes
 _ACCOUNT = re.compile(r"^\d{8,32}$")
 
 
@@ -40,12 +42,16 @@ class Keyring:
 
 
 def normalize_phone(raw: str) -> str:
-    """A mainland mobile number as 11 digits; ``+86``, spaces and dashes are dropped. ValueError if it is not one."""
-    digits = re.sub(r"[\s-]", "", raw)
+    """A mainland mobile number as its 11 ASCII digits — the one form that is hashed, masked and compared, so one
+    phone is one consumer however it was typed. Unicode NFKC first (full-width digits, plus and hyphen, as
+    Chinese input methods type them, become ASCII), then spaces and dashes are dropped and a ``+86`` / ``0086`` /
+    ``86`` country prefix removed. Any other character, a digit of another script included, is refused
+    (ValueError)."""
+    digits = _PHONE_SEPARATORS.sub("", unicodedata.normalize("NFKC", raw))
     for prefix in ("+86", "0086", "86"):
         if digits.startswith(prefix) and len(digits) == 11 + len(prefix):
             digits = digits[len(prefix) :]
-    if not _PHONE.match(digits):
+    if not _PHONE.fullmatch(digits):
         raise ValueError("must be a mainland China mobile number: 11 digits starting with 13-19")
     return digits
 

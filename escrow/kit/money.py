@@ -14,5 +14,12 @@ class Money(BaseModel):
     currency: Literal["CNY"] = "CNY"
 
 
+class SignedMoney(BaseModel):
+    """An amount that may be negative (a balance that can fall on either side), integer fen."""
+
+    amount: StrictInt = Field(gt=-(10**15), lt=10**15, description="Integer fen; may be negative.", examples=[0])
+    currency: Literal["CNY"] = "CNY"
+
+
 def money(amount: int) -> Money:
     return Money(amount=amount)

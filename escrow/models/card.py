@@ -172,8 +172,8 @@ class Refund(Base):
         CheckConstraint(_in("status", REFUND_STATES), name="status"),
         CheckConstraint(_in("cause", REFUND_CAUSES), name="cause"),
         CheckConstraint(
-            "amount >= 0 AND from_custody >= 0 AND set_off >= 0 AND merchant_owes >= 0"
-            " AND amount = from_custody + set_off + merchant_owes",
+            "amount >= 0 AND from_custody >= 0 AND set_off >= 0 AND from_fund >= 0 AND merchant_owes >= 0"
+            " AND amount = from_custody + set_off + from_fund + merchant_owes",
             name="amount_parts",
         ),
         Index("uq_refunds_open_per_card", "card_id", unique=True, postgresql_where=text("status = 'requested'")),
@@ -189,6 +189,8 @@ class Refund(Base):
     amount: Mapped[int] = mapped_column(BigInteger)  # what the consumer gets back
     from_custody: Mapped[int] = mapped_column(BigInteger)  # paid by the bank out of the escrow account
     set_off: Mapped[int] = mapped_column(BigInteger)  # unprotected part paid from the merchant's payable
+    # closure refunds: what the first-compensation fund pays (now, or owes until it has money); its claim
+    from_fund: Mapped[int] = mapped_column(BigInteger, server_default="0")
     merchant_owes: Mapped[int] = mapped_column(BigInteger)  # unprotected part left as a claim on the merchant
     retained: Mapped[int] = mapped_column(BigInteger)  # delivered value repriced, released to the merchant
     computation: Mapped[dict] = mapped_column(JSONB)
@@ -229,7 +231,7 @@ class Instruction(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     beneficiary: Mapped[str] = mapped_column(String(200))  # masked: merchant settlement account, or original payment
     refund_id: Mapped[str | None] = mapped_column(ForeignKey("refunds.id"))
-    closure_item_id: Mapped[int | None] = mapped_column(BigInteger)
+    closure_item_id: Mapped[int | None] = mapped_column(ForeignKey("closure_items.id"))
     target_card_id: Mapped[str | None] = mapped_column(String(40))  # transfer: the successor's card it pays
     hold_entry_id: Mapped[int] = mapped_column(BigInteger)
     bank_transaction_id: Mapped[str | None] = mapped_column(String(100))

@@ -101,6 +101,8 @@ class ClosureItem(Base):
     assumed: Mapped[int] = mapped_column(BigInteger, server_default="0")
     new_card_id: Mapped[str | None] = mapped_column(String(40))  # transfer: the card at the successor
     done_at: Mapped[datetime | None]
+    paid_at: Mapped[datetime | None]  # every part the banks were told to pay (the fund's too) executed
+    revised_at: Mapped[datetime | None]  # a recomputation of the plan changed (or added) this line
 
 
 class TakeoverDecision(Base):

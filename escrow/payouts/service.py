@@ -8,6 +8,8 @@ idempotent: the same report again answers as before, a contradicting one is refu
 money that already moved, so it is recorded even in a frozen escrow account (``ledger.settlement_window``).
 """
 
+from datetime import datetime
+
 from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +19,7 @@ from escrow.cards import service as cards
 from escrow.errors import Conflict, NotFound
 from escrow.kit.clock import utcnow
 from escrow.kit.ids import new_id
-from escrow.models import Card, EscrowAccount, Instruction, Merchant, Refund
+from escrow.models import Card, ClosureItem, EscrowAccount, Instruction, Merchant, Refund
 
 OPEN_STATES = ("pending", "sent")  # the bank has yet to report
 PAYABLE = {  # the account each kind of instruction pays out of
@@ -121,6 +123,10 @@ async def instruct_refund(session: AsyncSession, refund: Refund, card: Card, pri
         beneficiary=f"original payment {card.deposit_transaction_id} (reference {card.payment_reference})",
         refund_id=refund.id,
     )
+    if refund.cause == "closure":  # paid again for the closure item it pays (see item_paid)
+        instruction.closure_item_id = await session.scalar(
+            select(ClosureItem.id).where(ClosureItem.refund_id == refund.id, ClosureItem.kind == "card")
+        )
     async with ledger.settlement_window(session, instruction.book):
         await _hold(session, instruction, "refund_payable", principal)
     refund.status = "instructed"
@@ -177,6 +183,12 @@ async def report_executed(
             f"instruction {instruction.id} is {instruction.status}"
             + (f" with transaction {instruction.bank_transaction_id}" if instruction.bank_transaction_id else "")
         )
+    if instruction.closure_item_id is not None:
+        # the item first, as the settlement and the fund's payments lock it (before the ledger): two parts of one
+        # item reported at once are counted one after the other, so the last one sees the item paid
+        await session.execute(
+            select(ClosureItem.id).where(ClosureItem.id == instruction.closure_item_id).with_for_update()
+        )
     async with ledger.settlement_window(session, instruction.book):
         await ledger.post_pending(
             session,
@@ -192,10 +204,34 @@ async def report_executed(
     if instruction.refund_id is not None:
         refund = await session.get(Refund, instruction.refund_id, with_for_update=True)
         assert refund is not None
-        refund.status = "paid"
-        refund.paid_at = instruction.reported_at
+        if refund.cause != "closure":  # a closure's refund is paid when all of its item is (item_paid)
+            refund.status = "paid"
+            refund.paid_at = instruction.reported_at
     await session.flush()
+    if instruction.closure_item_id is not None:
+        await item_paid(session, instruction.closure_item_id, instruction.reported_at)
     return instruction
+
+
+# A closure item is paid when instructions for exactly what the banks are to pay for it — custody, set-off, the
+# fund's payment now and what it owed and paid later, a transfer — were executed (failed ones were replaced); then
+# its consumer's closure refund is paid too.
+_ITEM_PAID = text(
+    "WITH item AS (UPDATE closure_items i SET paid_at = CAST(:now AS timestamptz)"
+    "   WHERE i.id = :item AND i.status = 'done' AND i.paid_at IS NULL AND i.fund_owed_paid = i.fund_owed"
+    "     AND i.from_custody + i.set_off + i.fund_paid + i.fund_owed + i.transferred"
+    "       = (SELECT coalesce(sum(x.amount), 0) FROM instructions x"
+    "          WHERE x.closure_item_id = i.id AND x.status = 'executed')"
+    "   RETURNING i.kind, i.decision, i.refund_id)"
+    " UPDATE refunds r SET status = 'paid', paid_at = CAST(:now AS timestamptz) FROM item"
+    " WHERE item.kind = 'card' AND item.decision = 'refund' AND r.id = item.refund_id AND r.cause = 'closure'"
+)
+
+
+async def item_paid(session: AsyncSession, closure_item_id: int, now: datetime | None) -> None:
+    """Mark a closure item (and its closure refund) paid if every part of it was executed (the item is locked)."""
+    await session.execute(_ITEM_PAID, {"item": closure_item_id, "now": now or utcnow()})
+    await session.flush()
 
 
 async def report_failed(session: AsyncSession, principal: Principal, instruction_id: str, reason: str) -> Instruction:

@@ -148,7 +148,12 @@ class LineOut(BaseModel):
         description="matched; amount_mismatch (the matched entries add up to another amount); not_in_ledger (no "
         "ledger movement found)."
     )
-    matched_by: str | None = Field(description="service_reference, bank_reference, amount_date or attached.")
+    matched_by: str | None = Field(
+        description="How the line is accounted for in the ledger: the matching rule (service_reference, "
+        "bank_reference, amount_date), attached (a deposit attached to a card), or adjustment (no ledger movement "
+        "matched it; the regulator resolved its break with adjust and the adjusting entry stands for it). A line "
+        "matched by a rule whose difference was adjusted keeps its rule. null: nothing accounts for it yet."
+    )
     ledger_entry_ids: list[int] = Field(description="The journal entries the line is matched with.")
     difference: StatementBalance = Field(description="The line less the ledger entries matched with it.")
     break_id: str | None = Field(description="The break the line opened, if any.")

@@ -598,8 +598,10 @@ async def statement_lines(
             f"WITH {LINE_STATE} SELECT l.line_no, l.bank_transaction_id, l.end_to_end_id, l.direction, l.amount,"
             "  l.value_date, l.booking_date, l.text,"
             "  CASE WHEN :current THEN s.outcome ELSE 'not_in_ledger' END AS outcome,"
+            # the rule that matched the line; for a line only an adjusting entry stands for (a break resolved with
+            # adjust), 'adjustment'
             "  (SELECT x.rule FROM reconciliation_matches x WHERE x.statement_id = l.statement_id"
-            "     AND x.line_no = l.line_no AND x.rule <> 'adjustment' LIMIT 1) AS matched_by,"
+            "     AND x.line_no = l.line_no ORDER BY x.rule = 'adjustment' LIMIT 1) AS matched_by,"
             "  ARRAY(SELECT m.entry_id FROM reconciliation_matches x JOIN custody_movements m USING (posting_id)"
             "     WHERE x.statement_id = l.statement_id AND x.line_no = l.line_no ORDER BY m.entry_id) AS entry_ids,"
             "  coalesce(s.difference, CASE l.direction WHEN 'credit' THEN l.amount ELSE -l.amount END) AS difference,"

@@ -55,6 +55,9 @@ async def refund_quote(
     guards=[requires("consumer", own=("consumer",))],
     tags=TAGS,
     summary="Ask for a refund of the card at the quoted amount",
+    description="Your own refund (cause consumer, cooling-off, or a card past its last valid day) is approved and "
+    "the bank instructed in this request: the answer is status instructed (paid when the bank has nothing to "
+    "move). A refund the merchant caused answers requested and waits for approve or reject.",
     responses=problem_responses(401, 403, 404, 409, 422, 423),
 )
 async def request_refund(
@@ -118,6 +121,8 @@ async def get_refund(
     tags=TAGS,
     status_code=200,
     summary="Approve a refund the merchant caused: the bank is instructed to pay",
+    description="Approval and the bank instruction are one transaction: the refund answers status instructed "
+    "(approved_at set), or paid when the bank has nothing to move.",
     responses=problem_responses(401, 403, 404, 409, 423),
 )
 async def approve_refund(

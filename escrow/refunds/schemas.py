@@ -55,14 +55,22 @@ class RefundOut(BaseModel):
         "expiry (the card expired with value left)."
     )
     status: str = Field(
-        description="requested (awaiting the merchant's or regulator's approval); approved (owed; the bank is "
-        "instructed by the next run, e.g. after a failed instruction); instructed (the bank has the instruction to "
-        "pay); paid; rejected."
+        description="requested → approved → instructed → paid, or rejected. Approval and the bank instruction are "
+        "made in one transaction, so a refund approved now (the consumer's own, or by approve) is answered as "
+        "instructed, its approval shown by approved_at; approved is seen only while a refund waits to be "
+        "instructed again after its instruction failed. paid: the bank executed it (at once when the bank has "
+        "nothing to move)."
     )
-    amount: Money = Field(description="The refund: from_custody + set_off + merchant_owes.")
+    amount: Money = Field(description="The refund: from_custody + set_off + from_fund + merchant_owes.")
     from_custody: Money = Field(description="Paid by the bank out of the escrow account.")
     set_off: Money = Field(description="Unprotected part paid out of the merchant's released money.")
-    merchant_owes: Money = Field(description="Unprotected part left as the merchant's debt to you.")
+    from_fund: Money = Field(
+        description="Closure refunds: paid by the first-compensation fund (now, or when it has money again); the "
+        "fund holds that claim on the merchant."
+    )
+    merchant_owes: Money = Field(
+        description="Unprotected part the merchant still owes you (not what the fund pays: that is its claim)."
+    )
     retained: Money = Field(
         description="Of the unused value, what was released to the merchant for delivered value instead."
     )
@@ -86,6 +94,7 @@ class RefundOut(BaseModel):
             amount=Money(amount=r.amount),
             from_custody=Money(amount=r.from_custody),
             set_off=Money(amount=r.set_off),
+            from_fund=Money(amount=r.from_fund),
             merchant_owes=Money(amount=r.merchant_owes),
             retained=Money(amount=r.retained),
             computation=r.computation,

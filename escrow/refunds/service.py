@@ -73,7 +73,12 @@ def unsettled_days_value(card: Card, today) -> tuple[int, int]:  # type: ignore[
 
 
 def compute_quote(settings: Settings, card: Card, plan: Plan, cause: str, now: datetime) -> Quote:
+    """The refund of a card now. A card past its last valid day is expired by the date alone (whether or not the
+    expiry job has run): whoever asks, it is refunded as the job would refund it — cause ``expiry``, delivered
+    value at the card's own price, no list-price penalty, approved at once."""
     today = business_date(now, settings.business_timezone)
+    if cards.expired(settings, card.valid_until, today):
+        cause = "expiry"
     days, days_value = unsettled_days_value(card, today)
     delivered_units = card.units_used + days
     delivered = card.consumed + days_value
@@ -88,6 +93,8 @@ def compute_quote(settings: Settings, card: Card, plan: Plan, cause: str, now: d
         return Quote("cooling_off", card.price, 0, 0, 0, remaining, remaining, 0, "cooling-off: the whole price")
     charged = delivered
     rule = "prepayment less delivered value at the card's own price"
+    if cause == "expiry":
+        rule = f"expired after {card.valid_until}: {rule}, no list-price penalty"
     if cause == "consumer" and card.kind == "sessions" and plan.list_unit_price:
         charged = delivered_units * plan.list_unit_price
         rule = "prepayment less delivered sessions at the list price per session (consumer's choice to end)"
@@ -156,6 +163,7 @@ async def _new_refund(session: AsyncSession, card: Card, computed: Quote, reason
         amount=computed.amount,
         from_custody=0,
         set_off=0,
+        from_fund=0,  # the fund pays only in closures
         merchant_owes=computed.amount,
         retained=computed.retained,
         computation=computed.as_dict(),
@@ -325,8 +333,8 @@ async def handle_expired_cards(session: AsyncSession, settings: Settings, now: d
             or await cards.has_refund_requested(session, card.id)
         ):
             continue
-        if settings.expiry_action == "extend":
-            card.valid_until = today + timedelta(days=settings.expiry_extension_days)
+        if settings.expiry_action == "extend":  # counted from its last valid day, not from today
+            card.valid_until = cards.last_valid_day(settings, card.valid_until, today)
             extended += 1
             continue
         plan = await session.get(Plan, card.plan_id)
