@@ -191,9 +191,9 @@ async def test_a_client_generated_from_the_contract_makes_a_signed_call(live: Li
         timeout=300,
     )
     assert generated.returncode == 0, generated.stdout + generated.stderr
-    # the one operation it can't generate: camt.053 intake takes XML, which the generator doesn't support
+    # the one operation it may leave out: camt.053 intake takes XML, which the generator may not support
     skipped = re.findall(r"WARNING parsing (\S+ \S+)", generated.stdout)
-    assert skipped == ["POST /v1/statements/camt053"], generated.stdout
+    assert set(skipped) <= {"POST /v1/statements/camt053"}, generated.stdout
     assert compileall.compile_dir(tmp_path / "client", quiet=1)
     sys.path.insert(0, str(tmp_path))
     try:
