@@ -59,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Longer than common clients' idle timeout (httpx: 5 s), so a client doesn't send a request on a
             # connection the server is just closing; such a request fails and must be retried (same Idempotency-Key).
             timeout_keep_alive=30,
+            # A client that never finishes its request must not hold the shutdown forever.
+            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         )
     finally:
         if server is not None:

@@ -174,3 +174,27 @@ class TestRestart:
         finally:
             stop_postgres(data_dir)
 
+
+class TestGracefulShutdown:
+    @pytest.mark.parametrize("workers", [1, 2])
+    def test_a_slow_client_does_not_hold_the_shutdown(self, tmp_path: Path, db_url: str, workers: int) -> None:
+        port = free_port()
+        env = serve_env(tmp_path, port, ESCROW_DATABASE_URL=db_url, ESCROW_SHUTDOWN_TIMEOUT_SECONDS="2")
+        server = start_serve(env, "--workers", str(workers))
+        slow = socket.create_connection(("127.0.0.1", port))
+        try:
+            slow.sendall(
+                b"POST /v1/consumer-tokens HTTP/1.1\r\nHost: escrow\r\nContent-Type: application/json\r\n"
+                b"Idempotency-Key: slow-1\r\nContent-Length: 1000\r\n\r\n" + b'{"phone": '
+            )  # an anonymous route whose body is read: headers and 10 of 1,000 body bytes, then nothing
+            time.sleep(0.5)
+            server.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            try:
+                output = server.communicate(timeout=15)[0].decode()
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"still waiting for the slow client:\n{kill_serve(server)}")
+            assert time.monotonic() - started < 10, output
+            assert server.returncode == 0, output
+        finally:
+            slow.close()
