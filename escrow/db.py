@@ -154,6 +154,9 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=False,
+        # SQLAlchemy's exceptions (and so tracebacks in the log) would carry the statement's parameters: tokens'
+        # hashes, Idempotency-Keys, personal data.
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": "escrow", "timezone": "UTC"}},
     )
 
