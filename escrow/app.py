@@ -177,6 +177,7 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
             }
         ),
         debug=False,
+        logging_config=None,  # Litestar would replace the root logger's handler: escrow.logs renders every line
     )
     app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
     return app

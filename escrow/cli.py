@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port or settings.port,
             workers=args.workers or settings.workers,
             access_log=False,  # our own access line carries the request id
+            log_config=None,  # uvicorn logs through ours (escrow.logs.configure_logging): JSON and redacted
             log_level=settings.log_level.lower(),
             # Longer than common clients' idle timeout (httpx: 5 s), so a client doesn't send a request on a
             # connection the server is just closing; such a request fails and must be retried (same Idempotency-Key).
@@ -700,5 +701,9 @@ def _positive(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from escrow.logs import configure_logging
+
     args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)  # the libraries' log lines too (alembic, uvicorn)
     sys.exit(args.func(args))

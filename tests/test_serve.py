@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def serve_env(tmp_path: Path, port: int, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESCROW_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESCROW_") and k != "XDG_RUNTIME_DIR"}
     env.update(
         ESCROW_DATA_DIR=str(tmp_path / "pgdata"),
         ESCROW_PORT=str(port),
@@ -108,6 +108,9 @@ class TestServe:
         assert server.returncode == 0, output
         assert_stopped(postmaster, data_dir)
         assert json.loads((data_dir / ".handle_pids.json").read_text()) == []
+        # every line JSON, uvicorn's and Alembic's too; no warning about XDG_RUNTIME_DIR (unset here)
+        events = [json.loads(line) for line in output.splitlines() if line.strip()]
+        assert {"uvicorn.error", "alembic.runtime.migration"} <= {event.get("logger") for event in events}
 
     def test_a_server_killed_before_does_not_keep_the_next_from_stopping_postgres(self, tmp_path: Path) -> None:
         data_dir = tmp_path / "pgdata"
