@@ -6,10 +6,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY escrow ./escrow
 COPY migrations ./migrations
-RUN pip install . && useradd --system --no-create-home escrow && mkdir /data && chown escrow /data
+# The tested versions (constraints.txt), not whatever is newest on the day of the build.
+RUN pip install -c constraints.txt . && useradd --system --no-create-home escrow && mkdir /data && chown escrow /data
 
 USER escrow
 ENV ESCROW_HOST=0.0.0.0 \

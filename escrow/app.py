@@ -194,6 +194,7 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
             }
         ),
         debug=False,
+        logging_config=None,  # Litestar would replace the root logger's handler: escrow.logs renders every line
     )
     app.asgi_handler = RequestLogMiddleware(_OptionsAllow(app.asgi_handler, app))
     return app

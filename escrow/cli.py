@@ -19,32 +19,55 @@ def openapi_document() -> str:
     return document(create_app())
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # a service manager's stop request: unwind (and run the finally blocks), exit 0 as on Ctrl-C
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from escrow import migrate
     from escrow.config import load_secret_key
-    from escrow.db import resolve_database_url
+    from escrow.db import embedded_server, ensure_embedded_database, release_embedded_server
 
     settings = get_settings()
     load_secret_key(settings)  # created here, once, before workers start and could race to create it
-    url = resolve_database_url(settings)  # the embedded server, if used, stops when this process exits
-    migrate.upgrade(url)
-    # Workers (and the app factory in this process) read the resolved URL instead of starting a server again.
-    os.environ["ESCROW_DATABASE_URL"] = url
-    get_settings.cache_clear()
-    uvicorn.run(
-        "escrow.app:create_app",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers or settings.workers,
-        access_log=False,  # our own access line carries the request id
-        log_level=settings.log_level.lower(),
-        # Longer than common clients' idle timeout (httpx: 5 s), so a client doesn't send a request on a
-        # connection the server is just closing; such a request fails and must be retried (same Idempotency-Key).
-        timeout_keep_alive=30,
-    )
+    # With one worker, uvicorn re-raises SIGTERM once it has shut down; by default that kills the process before any
+    # cleanup. As an exception it unwinds instead, so the embedded server is stopped below whatever ends the serving.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    server = None
+    try:
+        if settings.database_url:
+            url = settings.database_url
+        else:
+            server = embedded_server(settings.data_dir)
+            url = ensure_embedded_database(settings.data_dir)
+        migrate.upgrade(url)
+        # Workers (and the app factory in this process) read the resolved URL instead of starting a server again.
+        os.environ["ESCROW_DATABASE_URL"] = url
+        get_settings.cache_clear()
+        uvicorn.run(
+            "escrow.app:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers or settings.workers,
+            access_log=False,  # our own access line carries the request id
+            log_config=None,  # uvicorn logs through ours (escrow.logs.configure_logging): JSON and redacted
+            log_level=settings.log_level.lower(),
+            # Longer than common clients' idle timeout (httpx: 5 s), so a client doesn't send a request on a
+            # connection the server is just closing; such a request fails and must be retried (same Idempotency-Key).
+            timeout_keep_alive=30,
+            # A client that never finishes its request must not hold the shutdown forever.
+            timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        )
+    finally:
+        if server is not None:
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):  # a second stop request must not cut this short
+                signal.signal(stop_signal, signal.SIG_IGN)
+            release_embedded_server(server)
     return 0
 
 
@@ -688,5 +711,9 @@ def _positive(value: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from escrow.logs import configure_logging
+
     args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)  # the libraries' log lines too (alembic, uvicorn)
     sys.exit(args.func(args))

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, description="Worker processes for `escrow serve`.")
     db_pool_size: int = Field(default=10, ge=1, description="Connections kept open per worker process.")
     db_max_overflow: int = Field(default=10, ge=0, description="Extra connections a worker may open under load.")
+    shutdown_timeout_seconds: int = Field(
+        default=20,
+        ge=1,
+        description="On SIGTERM or Ctrl-C, how long `escrow serve` waits for requests in flight (and slow clients) "
+        "before cancelling them and stopping.",
+    )
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest accepted request body.")
     idempotency_ttl_seconds: int = Field(
         default=7 * 24 * 3600, ge=60, description="How long a stored Idempotency-Key response is replayed."

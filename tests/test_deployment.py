@@ -1,11 +1,17 @@
 """No Docker engine runs here, so the compose file and the Dockerfile are checked against the code instead."""
 
+import hashlib
 import json
 import re
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from escrow.cli import build_parser
 from escrow.config import Settings
@@ -91,3 +97,45 @@ class TestDockerfile:
         fields = {f"ESCROW_{name.upper()}" for name in Settings.model_fields}
         escrow_env = {k for k in dockerfile_env() if k.startswith("ESCROW_")}
         assert escrow_env <= fields
+
+    def test_installs_the_tested_versions(self) -> None:
+        copied = [source for instruction in dockerfile_instructions("COPY") for source in instruction.split()[:-1]]
+        assert "constraints.txt" in copied
+        installs = [run for run in dockerfile_instructions("RUN") if "pip install" in run]
+        assert installs and all("pip install -c constraints.txt " in run for run in installs)
+
+
+def constraints() -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+class TestConstraints:
+    """constraints.txt pins every dependency pyproject.toml declares, at a version pyproject.toml allows."""
+
+    PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    @pytest.mark.parametrize("extra", [None, "test"])
+    def test_every_declared_dependency_is_pinned_within_its_range(self, extra: str | None) -> None:
+        declared = self.PROJECT["optional-dependencies"][extra] if extra else self.PROJECT["dependencies"]
+        pins = constraints()
+        for requirement in map(Requirement, declared):
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{requirement.name} is not pinned in constraints.txt"
+            assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {requirement}"
+
+    def test_the_project_itself_is_not_pinned(self) -> None:
+        assert canonicalize_name(self.PROJECT["name"]) not in constraints()
+
+
+class TestLicense:
+    def test_license_file_is_the_apache_license_pyproject_declares(self) -> None:
+        text = (ROOT / "LICENSE").read_text()
+        assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+        assert hashlib.md5(text.encode()).hexdigest() == "3b83ef96387f14655fc854ddc3c6bd57"  # apache.org's text
