@@ -138,7 +138,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     logging.captureWarnings(True)
 
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # whole value (fullmatch: a trailing newline is no id)
 access_log = structlog.get_logger("escrow.access")
 
 
@@ -153,7 +153,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()
