@@ -237,7 +237,12 @@ def _database_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def _cause_summary(exc: BaseException) -> str:
+def database_unavailable(exc: BaseException) -> bool:
+    """Public name of the classification, for the background jobs."""
+    return _database_unavailable(exc)
+
+
+def cause_summary(exc: BaseException) -> str:
     """The innermost cause as ``Type: message``: the driver's own words, never a statement or its parameters."""
     root = _chain(exc)[-1]
     return f"{type(root).__name__}: {str(root)[:200]}"
@@ -245,7 +250,7 @@ def _cause_summary(exc: BaseException) -> str:
 
 def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     if _retryable(exc):
-        log.warning("transaction_conflict_retry", path=request.url.path, error=_cause_summary(exc))
+        log.warning("transaction_conflict_retry", path=request.url.path, error=cause_summary(exc))
         response = problem(
             503,
             "transient_conflict",
@@ -257,7 +262,7 @@ def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]
         return response
     if _database_unavailable(exc):
         # One line, no traceback: while the database is down every request lands here.
-        log.warning("database_unavailable", path=request.url.path, error=_cause_summary(exc))
+        log.warning("database_unavailable", path=request.url.path, error=cause_summary(exc))
         response = problem(
             503,
             "database_unavailable",

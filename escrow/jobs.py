@@ -21,6 +21,7 @@ from escrow.auth.requests import forget_old_nonces
 from escrow.closures import service as closures
 from escrow.config import Settings
 from escrow.consumptions import service as consumptions
+from escrow.errors import cause_summary, database_unavailable
 from escrow.fund import service as fund
 from escrow.kit.clock import business_date, utcnow
 from escrow.ledger.integrity import seal
@@ -129,14 +130,20 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     ):
         try:
             report[name] = await _batches(sessionmaker, per_batch, job)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):  # one line for the run, not a traceback per job
+                log.warning("jobs_skipped_database_unavailable", job=name, error=cause_summary(exc))
+                return report
             log.exception("job_failed", job=name)
             report[name] = None
     try:
         async with sessionmaker() as session:
             report["payout_instructions"] = await daily_payouts(session, settings, now)
             await session.commit()
-    except Exception:
+    except Exception as exc:
+        if database_unavailable(exc):
+            log.warning("jobs_skipped_database_unavailable", job="payouts", error=cause_summary(exc))
+            return report
         log.exception("job_failed", job="payouts")
     log.info("jobs_ran", **report)
     return report
@@ -167,6 +174,9 @@ async def seal_periodically(sessionmaker: async_sessionmaker, interval_seconds: 
                 log.info("ledger_sealed", seals=result.seals, entries=result.entries)
             for book, rows in result.held.items():  # not sealed: its new rows fail their own checks
                 log.error("ledger_seal_held", escrow_account_id=book, failures=rows[:10])
-        except Exception:
-            log.exception("ledger_seal_failed")
+        except Exception as exc:
+            if database_unavailable(exc):
+                log.warning("ledger_seal_skipped_database_unavailable", error=cause_summary(exc))
+            else:
+                log.exception("ledger_seal_failed")
         await asyncio.sleep(interval_seconds)

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from escrow.app import create_app
 from escrow.auth.tokens import issue_token
 from escrow.config import Settings
+from escrow.db import create_engine, create_sessionmaker
+from escrow.jobs import run_jobs_once
 
 IDEMPOTENCY_KEY = "idem-8c1f7e0d2b9a"
 
@@ -119,6 +121,18 @@ class TestDatabaseUnavailable:
         assert all("exception" not in line and "Traceback" not in json.dumps(line) for line in failures)
         for leaked in (IDEMPOTENCY_KEY, "parameters", "SELECT", "INSERT"):
             assert leaked not in err
+
+    async def test_the_jobs_log_one_line_per_run(self, settings: Settings, proxy: Proxy, capsys) -> None:
+        engine = create_engine(proxy.url, settings)
+        try:
+            await proxy.cut()
+            capsys.readouterr()
+            report = await run_jobs_once(create_sessionmaker(engine), settings)
+        finally:
+            await engine.dispose()
+        lines = log_lines(capsys.readouterr().err)
+        assert [line["event"] for line in lines] == ["jobs_skipped_database_unavailable"], lines
+        assert "exception" not in lines[0] and report == {}
 
     async def test_readyz_says_not_ready(self, client: AsyncClient, proxy: Proxy) -> None:
         await proxy.cut()
