@@ -13,6 +13,7 @@ from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
+from escrow import pages
 from escrow.audit import endpoints as audit_endpoints
 from escrow.auth import endpoints as auth_endpoints
 from escrow.auth.guards import current_principal
@@ -37,6 +38,7 @@ from escrow.logs import RequestLogMiddleware, configure_logging
 from escrow.merchants import endpoints as merchant_endpoints
 from escrow.migrate import head_revision
 from escrow.openapi import STATIC, docs, openapi_config, openapi_json
+from escrow.pages.session import PageSession
 from escrow.payouts import endpoints as payout_endpoints
 from escrow.plans import endpoints as plan_endpoints
 from escrow.reconciliation import endpoints as reconciliation_endpoints
@@ -168,7 +170,9 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
 
     app = Litestar(
         # statement intake (POST /v1/statements, /v1/statements/camt053) has a body limit of its own
-        route_handlers=[*ROUTES, reconciliation_endpoints.statements_router(settings), *extra_routes],
+        route_handlers=[*ROUTES, reconciliation_endpoints.statements_router(settings), pages.router(), *extra_routes],
+        template_config=pages.template_config(settings),
+        csrf_config=pages.csrf_config(load_secret_key(settings)),
         dependencies={
             "db_session": Provide(provide_db_session, sync_to_thread=False),
             "principal": Provide(current_principal, sync_to_thread=False),
@@ -196,7 +200,7 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
         debug=False,
         logging_config=None,  # Litestar would replace the root logger's handler: escrow.logs renders every line
     )
-    app.asgi_handler = RequestLogMiddleware(_OptionsAllow(app.asgi_handler, app))
+    app.asgi_handler = RequestLogMiddleware(_OptionsAllow(PageSession(app.asgi_handler), app))
     return app
 
 

@@ -1,0 +1,208 @@
+"""The consumer's own pages (mobile-first, 简体中文 by default): cards, what of them is protected, services to confirm
+or dispute, the history, refunds and closure statements.
+
+Each page shows what the API answers: it calls the API's own handlers with the signed-in consumer, so a figure
+on a page and in the API can't differ.
+"""
+
+import secrets
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Redirect, Template
+from sqlalchemy import text
+
+from escrow.auth.guards import requires
+from escrow.auth.tokens import Unauthenticated
+from escrow.cards import endpoints as card_api
+from escrow.closures import endpoints as closure_api
+from escrow.consumptions import endpoints as consumption_api
+from escrow.consumptions.schemas import Dispute
+from escrow.deps import DbSession, PrincipalDep, SettingsDep
+from escrow.errors import EscrowError
+from escrow.kit.money import Money
+from escrow.kit.params import path_id
+from escrow.pages import i18n
+from escrow.pages.session import cleared_cookie
+from escrow.refunds import endpoints as refund_api
+from escrow.refunds.schemas import RefundRequest
+
+CONSUMER = [requires("consumer")]
+PAGE = {"include_in_schema": False, "guards": CONSUMER}
+FORM = {**PAGE, "opt": {"page_form": True}}
+
+
+def context(request: Request, **values: Any) -> dict[str, Any]:
+    lang = i18n.language(request)
+    return {
+        "t": i18n.words(lang),
+        "status_of": i18n.status_words(lang),
+        "lang": lang,
+        "other_lang": "en" if lang == "zh" else "zh",
+        "form_key": secrets.token_urlsafe(18),  # this rendering's Idempotency-Key: a resubmission is a replay
+        **values,
+    }
+
+
+async def _names(db_session: Any, card_ids: list[str]) -> dict[str, tuple[str, str]]:
+    rows = await db_session.execute(
+        text(
+            "SELECT c.id, m.name AS merchant, p.name AS plan FROM cards c JOIN merchants m ON m.id = c.merchant_id"
+            " JOIN plans p ON p.id = c.plan_id WHERE c.id = ANY(:ids)"
+        ),
+        {"ids": card_ids},
+    )
+    return {row.id: (row.merchant, row.plan) for row in rows}
+
+
+@get("/app", include_in_schema=False)
+async def home() -> Redirect:
+    return Redirect("/app/cards")
+
+
+@get("/app/cards", **PAGE)
+async def cards_page(request: Request, db_session: DbSession, principal: PrincipalDep) -> Template:
+    page = await card_api.my_cards.fn(db_session=db_session, principal=principal, status=None, cursor=None, limit=200)
+    details = [
+        await card_api.get_card.fn(card_id=card.id, db_session=db_session, principal=principal) for card in page.items
+    ]
+    names = await _names(db_session, [c.id for c in details])
+    return Template("consumer/cards.html", context=context(request, cards=details, names=names))
+
+
+@get("/app/cards/{card_id:str}", **PAGE)
+async def card_page(
+    request: Request, card_id: Annotated[str, path_id("card")], db_session: DbSession, principal: PrincipalDep
+) -> Template:
+    card = await card_api.get_card.fn(card_id=card_id, db_session=db_session, principal=principal)
+    history = await card_api.card_history.fn(
+        card_id=card_id, db_session=db_session, principal=principal, cursor=None, limit=50
+    )
+    refunds = [r for r in await _my_refunds(db_session, request, principal) if r.card_id == card_id]
+    names = await _names(db_session, [card_id])
+    return Template(
+        "consumer/card.html",
+        context=context(request, card=card, history=history.items, refunds=refunds, names=names),
+    )
+
+
+async def _my_refunds(db_session: Any, request: Request, principal: Any) -> list[Any]:
+    return await refund_api.list_refunds.fn(
+        db_session=db_session,
+        settings=request.app.state.settings,
+        principal=principal,
+        status=None,
+        overdue=False,
+        limit=200,
+    )
+
+
+@post("/app/services/{consumption_id:str}/confirm", status_code=200, **FORM)
+async def confirm_service(
+    request: Request,
+    consumption_id: Annotated[str, path_id("consumption")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+) -> Template:
+    done = await consumption_api.confirm_consumption.fn(
+        consumption_id=consumption_id, db_session=db_session, principal=principal
+    )
+    return Template("consumer/service_done.html", context=context(request, service=done))
+
+
+@post("/app/services/{consumption_id:str}/dispute", status_code=200, **FORM)
+async def dispute_service(
+    request: Request,
+    consumption_id: Annotated[str, path_id("consumption")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+) -> Template:
+    form = await request.form()
+    reason = str(form.get("reason") or "").strip() or "—"
+    done = await consumption_api.dispute_consumption.fn(
+        consumption_id=consumption_id,
+        data=Dispute(reason=reason[:500]),
+        db_session=db_session,
+        principal=principal,
+    )
+    return Template("consumer/service_done.html", context=context(request, service=done))
+
+
+@get("/app/cards/{card_id:str}/refund", **PAGE)
+async def refund_page(
+    request: Request,
+    card_id: Annotated[str, path_id("card")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+) -> Template:
+    quote = await refund_api.refund_quote.fn(
+        card_id=card_id, db_session=db_session, principal=principal, settings=settings, cause="consumer"
+    )
+    names = await _names(db_session, [card_id])
+    return Template("consumer/refund.html", context=context(request, quote=quote, card_id=card_id, names=names))
+
+
+@post("/app/cards/{card_id:str}/refund", status_code=200, **FORM)
+async def request_refund_page(
+    request: Request,
+    card_id: Annotated[str, path_id("card")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+) -> Response:
+    form = await request.form()
+    try:
+        expected = int(str(form.get("expected_amount", "")))
+    except ValueError:
+        raise HTTPException(status_code=422, detail="expected_amount") from None
+    await refund_api.request_refund.fn(
+        card_id=card_id,
+        data=RefundRequest(cause="consumer", expected_amount=Money(amount=expected)),
+        db_session=db_session,
+        principal=principal,
+        settings=settings,
+    )
+    return Response(content="", status_code=200, headers={"HX-Redirect": f"/app/cards/{card_id}"})
+
+
+@get("/app/closures", **PAGE)
+async def closures_page(request: Request, db_session: DbSession, principal: PrincipalDep) -> Template:
+    statements = await closure_api.my_statements.fn(db_session=db_session, principal=principal)
+    return Template("consumer/closures.html", context=context(request, statements=statements))
+
+
+@post("/app/sign-out", status_code=200, **FORM)
+async def sign_out(request: Request, db_session: DbSession, principal: PrincipalDep) -> Response:
+    from escrow.auth import tokens
+
+    await tokens.revoke(db_session, principal, principal.token_id)
+    response = Response(content="", status_code=200, headers={"HX-Redirect": "/app/sign-in"})
+    response.set_cookie(cleared_cookie())
+    return response
+
+
+def unauthenticated(request: Request, _: Unauthenticated) -> Response:
+    """Not signed in (or the session's token was revoked): to the sign-in page."""
+    if request.headers.get("hx-request"):
+        return Response(content="", status_code=200, headers={"HX-Redirect": "/app/sign-in"})
+    return Redirect("/app/sign-in")
+
+
+def refused(request: Request, exc: EscrowError) -> Template:
+    """A refusal shown on the page, in a sentence (htmx swaps 200 answers only)."""
+    return Template("consumer/refused.html", context=context(request, problem=exc), status_code=200)
+
+
+ROUTES = [
+    home,
+    cards_page,
+    card_page,
+    confirm_service,
+    dispute_service,
+    refund_page,
+    request_refund_page,
+    closures_page,
+    sign_out,
+]

@@ -1,0 +1,67 @@
+"""A page session is the signed-in party's own API token, sealed (AES-GCM, keyring-derived) in an HttpOnly, Secure,
+SameSite=Strict cookie. Pages therefore authenticate exactly as the API does: the token is checked in PostgreSQL
+on every request, and signing out (or the regulator) revokes it at once.
+
+``PageSession`` runs before the unit of work: on page paths it turns the cookie into the ``Authorization``
+header the unit of work reads, and nothing else; an API request's own header is never replaced.
+"""
+
+from typing import Any
+
+from litestar.datastructures import Cookie
+
+COOKIE = "escrow_session"
+PAGE_PREFIXES = ("/app", "/counter")
+_CONTEXT = "page-session"
+
+
+def is_page(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PAGE_PREFIXES)
+
+
+def session_cookie(keyring: Any, token: str, *, max_age: int) -> Cookie:
+    return Cookie(
+        key=COOKIE,
+        value=keyring.encrypt(token, _CONTEXT),
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        secure=True,
+        samesite="strict",
+    )
+
+
+def cleared_cookie() -> Cookie:
+    return Cookie(key=COOKIE, value="", max_age=0, path="/", httponly=True, secure=True, samesite="strict")
+
+
+def _cookie_value(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, item = part.strip().partition("=")
+                if key == COOKIE and item:
+                    return item
+    return None
+
+
+class PageSession:
+    """ASGI: on page paths, the session cookie's token becomes the request's bearer credential."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and is_page(scope["path"]):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
+            sealed = _cookie_value(headers)
+            keyring = getattr(scope["app"].state, "keyring", None) if "app" in scope else None
+            if sealed and keyring is not None:
+                try:
+                    token = keyring.decrypt(sealed, _CONTEXT)
+                except Exception:  # a forged, stale or foreign cookie: not signed in
+                    token = None
+                if token:
+                    headers.append((b"authorization", f"Bearer {token}".encode()))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)

@@ -1,0 +1,111 @@
+"""The consumer's pages, through the app: the session cookie, CSRF on forms, the CSP, and the figures the API shows."""
+
+import re
+
+import httpx
+import pytest
+from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from escrow.pages import CONTENT_SECURITY_POLICY, yuan
+from escrow.pages.session import COOKIE, session_cookie
+from tests.parties import (
+    bearer,
+    consumer_token,
+    create_plan,
+    key,
+    onboard_bank,
+    onboard_merchant,
+    open_escrow_account,
+    regulator_token,
+    sell_and_pay,
+)
+
+
+def signed_in(app: Litestar, token: str) -> dict[str, str]:
+    cookie = session_cookie(app.state.keyring, token, max_age=3600)
+    return {"cookie": f"{COOKIE}={cookie.value}"}
+
+
+@pytest.fixture
+async def shop(client: httpx.AsyncClient, session: AsyncSession) -> dict:
+    regulator = await regulator_token(session)
+    bank = await onboard_bank(client, regulator, "PAGE")
+    merchant = await onboard_merchant(client, regulator, "晨光健身")
+    await open_escrow_account(client, merchant, bank)
+    plan = await create_plan(client, merchant, kind="sessions", price=100_000, sessions=10, name="私教 10 次")
+    consumer_id, consumer = await consumer_token(client, merchant, "13900000011")
+    card_id = await sell_and_pay(client, merchant, bank, plan["id"], consumer_id)
+    recorded = await client.post(
+        f"/v1/cards/{card_id}/consumptions", json={"sessions": 1}, headers={**bearer(merchant.token), **key()}
+    )
+    assert recorded.status_code == 201, recorded.text
+    return {"consumer": consumer, "card_id": card_id, "service_id": recorded.json()["id"]}
+
+
+class TestConsumerPages:
+    async def test_without_a_session_the_pages_send_you_to_sign_in(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/app/cards")
+        assert response.status_code in (302, 303) and response.headers["location"] == "/app/sign-in"
+
+    async def test_a_forged_cookie_is_no_session(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/app/cards", headers={"cookie": f"{COOKIE}=v1:AAAA"})
+        assert response.status_code in (302, 303)
+
+    async def test_my_cards_show_the_protected_part_in_chinese(
+        self, client: httpx.AsyncClient, app: Litestar, shop: dict
+    ) -> None:
+        response = await client.get("/app/cards", headers=signed_in(app, shop["consumer"]))
+        assert response.status_code == 200, response.text
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        page = response.text
+        assert "晨光健身" in page and "私教 10 次" in page
+        assert "银行托管保障" in page and yuan(100_000) in page  # the pending service is still the consumer's
+        assert '<script src="/static/htmx-2.0.11/htmx.min.js"' in page and "<script>" not in page
+        english = await client.get("/app/cards?lang=en", headers=signed_in(app, shop["consumer"]))
+        assert "Protected by bank custody" in english.text
+
+    async def test_confirming_a_service_needs_the_csrf_token(
+        self, client: httpx.AsyncClient, app: Litestar, shop: dict
+    ) -> None:
+        session = signed_in(app, shop["consumer"])
+        page = await client.get(f"/app/cards/{shop['card_id']}", headers=session)
+        assert page.status_code == 200, page.text
+        assert yuan(10_000) in page.text  # the pending service
+        csrf = re.search(r'"x-csrftoken": "([^"]+)"', page.text).group(1)
+        csrf_cookie = page.cookies.get("escrow_csrf")
+        url = f"/app/services/{shop['service_id']}/confirm"
+        forged = await client.post(url, headers={**session, **key()})
+        assert forged.status_code == 403
+        confirmed = await client.post(
+            url,
+            headers={
+                **session,
+                **key(),
+                "x-csrftoken": csrf,
+                "cookie": f"{session['cookie']}; escrow_csrf={csrf_cookie}",
+            },
+        )
+        assert confirmed.status_code == 200, confirmed.text
+        assert 'data-service-status="confirmed"' in confirmed.text
+        card = await client.get(f"/v1/cards/{shop['card_id']}", headers=bearer(shop["consumer"]))
+        assert card.json()["released"]["amount"] == 10_000
+
+    async def test_another_consumers_card_is_not_shown(
+        self, client: httpx.AsyncClient, app: Litestar, shop: dict, session: AsyncSession
+    ) -> None:
+        regulator = await regulator_token(session)
+        merchant = await onboard_merchant(client, regulator, "Other gym")
+        _, stranger = await consumer_token(client, merchant, "13900000012")
+        response = await client.get(f"/app/cards/{shop['card_id']}", headers=signed_in(app, stranger))
+        assert response.status_code == 200 and 'role="alert"' in response.text
+        assert "晨光健身" not in response.text and "¥" not in response.text  # nothing of the card
+
+    @pytest.mark.parametrize("card_id", ["%00", "x" * 300, "card_%E2%80%AE", "..%2F..%2Fetc"])
+    async def test_hostile_ids_are_refused_on_the_page(
+        self, client: httpx.AsyncClient, app: Litestar, shop: dict, card_id: str
+    ) -> None:
+        session = signed_in(app, shop["consumer"])
+        for path in (f"/app/cards/{card_id}", f"/app/cards/{card_id}/refund"):
+            response = await client.get(path, headers=session)
+            assert response.status_code < 500, (path, response.text)
