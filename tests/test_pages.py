@@ -109,3 +109,56 @@ class TestConsumerPages:
         for path in (f"/app/cards/{card_id}", f"/app/cards/{card_id}/refund"):
             response = await client.get(path, headers=session)
             assert response.status_code < 500, (path, response.text)
+
+
+def csrf_of(page: httpx.Response) -> tuple[str, str]:
+    return re.search(r'"x-csrftoken": "([^"]+)"', page.text).group(1), page.cookies["escrow_csrf"]
+
+
+class TestCounterPage:
+    async def test_a_merchant_signs_in_sells_and_records(
+        self, client: httpx.AsyncClient, session: AsyncSession
+    ) -> None:
+        regulator = await regulator_token(session)
+        bank = await onboard_bank(client, regulator, "CNTR")
+        merchant = await onboard_merchant(client, regulator, "柠檬美发")
+        await open_escrow_account(client, merchant, bank)
+        await create_plan(client, merchant, kind="sessions", price=60_000, sessions=6, name="洗剪吹 6 次")
+        sign_in_page = await client.get("/counter/sign-in")
+        csrf, csrf_cookie = csrf_of(sign_in_page)
+        wrong = await client.post(
+            "/counter/sign-in",
+            data={"token": "esk_mer_nope"},
+            headers={"x-csrftoken": csrf, "cookie": f"escrow_csrf={csrf_cookie}"},
+        )
+        assert (
+            wrong.status_code == 200
+            and 'role="alert"' in wrong.text
+            and COOKIE not in wrong.headers.get("set-cookie", "")
+        )
+        signed = await client.post(
+            "/counter/sign-in",
+            data={"token": merchant.token},
+            headers={"x-csrftoken": csrf, "cookie": f"escrow_csrf={csrf_cookie}"},
+        )
+        assert signed.status_code == 200 and signed.headers["hx-redirect"] == "/counter", signed.text
+        session_value = signed.cookies[COOKIE]
+        assert "httponly" in signed.headers["set-cookie"].lower() and "secure" in signed.headers["set-cookie"].lower()
+        cookie = f"{COOKIE}={session_value}; escrow_csrf={csrf_cookie}"
+        counter = await client.get("/counter", headers={"cookie": cookie})
+        assert counter.status_code == 200 and "洗剪吹 6 次" in counter.text and yuan(0) in counter.text
+        plan_id = re.search(r'<option value="([^"]+)"', counter.text).group(1)
+        form_headers = {"cookie": cookie, "x-csrftoken": re.search(r'"x-csrftoken": "([^"]+)"', counter.text).group(1)}
+        sold = await client.post(
+            "/counter/sales", data={"phone": "13900000021", "plan_id": plan_id}, headers={**form_headers, **key()}
+        )
+        assert sold.status_code == 200 and "data-reference" in sold.text, sold.text
+        card_id = re.search(r'data-sold="([^"]+)"', sold.text).group(1)
+        card = await client.get(f"/v1/cards/{card_id}", headers=bearer(merchant.token))
+        assert card.json()["status"] == "awaiting_payment"
+        out = await client.post("/counter/sign-out", headers={**form_headers, **key()})
+        assert out.status_code == 200
+        after = await client.get("/counter", headers={"cookie": cookie})
+        assert after.status_code in (302, 303)  # the counter session's token is revoked
+        still = await client.get("/v1/me", headers=bearer(merchant.token))
+        assert still.status_code == 200  # the merchant's own API token is untouched

@@ -184,15 +184,17 @@ async def sign_out(request: Request, db_session: DbSession, principal: Principal
 
 
 def unauthenticated(request: Request, _: Unauthenticated) -> Response:
-    """Not signed in (or the session's token was revoked): to the sign-in page."""
+    """Not signed in (or the session's token was revoked): to the sign-in page of the pages asked for."""
+    target = "/counter/sign-in" if request.url.path.startswith("/counter") else "/app/sign-in"
     if request.headers.get("hx-request"):
-        return Response(content="", status_code=200, headers={"HX-Redirect": "/app/sign-in"})
-    return Redirect("/app/sign-in")
+        return Response(content="", status_code=200, headers={"HX-Redirect": target})
+    return Redirect(target)
 
 
 def refused(request: Request, exc: EscrowError) -> Template:
-    """A refusal shown on the page, in a sentence (htmx swaps 200 answers only)."""
-    return Template("consumer/refused.html", context=context(request, problem=exc), status_code=200)
+    """A refusal shown on the page, in a sentence (htmx swaps 200 answers only); a whole page when one was asked."""
+    full = not request.headers.get("hx-request")
+    return Template("refused.html", context=context(request, problem=exc, full=full), status_code=200)
 
 
 ROUTES = [

@@ -65,6 +65,17 @@ _WORDS: dict[str, dict[str, str]] = {
     "back": {"zh": "返回", "en": "Back"},
     "error": {"zh": "操作未成功", "en": "That did not work"},
     "language": {"zh": "English", "en": "中文"},
+    "counter": {"zh": "收银台", "en": "Counter"},
+    "merchant_token": {"zh": "商户 API 令牌", "en": "Merchant API token"},
+    "sell": {"zh": "售卡", "en": "Sell a card"},
+    "record_service": {"zh": "登记服务", "en": "Record a service"},
+    "card": {"zh": "卡号", "en": "Card"},
+    "units": {"zh": "次数", "en": "Sessions"},
+    "payable": {"zh": "待划拨给商户", "en": "Payable to you"},
+    "todays_services": {"zh": "今日服务", "en": "Today's services"},
+    "payouts": {"zh": "划拨记录", "en": "Payouts"},
+    "pay_to": {"zh": "付款至托管账户", "en": "Pay into the escrow account"},
+    "payment_reference": {"zh": "付款附言", "en": "Payment reference"},
 }
 
 _STATUS: dict[str, dict[str, str]] = {
@@ -76,6 +87,8 @@ _STATUS: dict[str, dict[str, str]] = {
     "closed_settled": {"zh": "关店已清退", "en": "settled at closure"},
     "transferred": {"zh": "已承接", "en": "taken over"},
     "pending_confirmation": {"zh": "待确认", "en": "awaiting confirmation"},
+    "confirmed": {"zh": "已确认", "en": "confirmed"},
+    "voided": {"zh": "已撤销", "en": "voided"},
     "disputed": {"zh": "有异议", "en": "disputed"},
     "requested": {"zh": "已申请", "en": "requested"},
     "approved": {"zh": "已批准", "en": "approved"},

@@ -19,10 +19,19 @@ def is_page(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in PAGE_PREFIXES)
 
 
+def _seal(keyring: Any, token: str) -> str:
+    return keyring.encrypt(token, _CONTEXT).rstrip("=")  # without padding: a cookie value is never quoted
+
+
+def _open(keyring: Any, sealed: str) -> str:
+    sealed = sealed.strip('"')
+    return keyring.decrypt(sealed + "=" * (-len(sealed.partition(":")[2]) % 4), _CONTEXT)
+
+
 def session_cookie(keyring: Any, token: str, *, max_age: int) -> Cookie:
     return Cookie(
         key=COOKIE,
-        value=keyring.encrypt(token, _CONTEXT),
+        value=_seal(keyring, token),
         max_age=max_age,
         path="/",
         httponly=True,
@@ -58,7 +67,7 @@ class PageSession:
             keyring = getattr(scope["app"].state, "keyring", None) if "app" in scope else None
             if sealed and keyring is not None:
                 try:
-                    token = keyring.decrypt(sealed, _CONTEXT)
+                    token = _open(keyring, sealed)
                 except Exception:  # a forged, stale or foreign cookie: not signed in
                     token = None
                 if token:
