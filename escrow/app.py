@@ -90,6 +90,7 @@ ROUTES: list[ControllerRouterHandler] = [
     card_endpoints.list_cards,
     card_endpoints.my_cards,
     card_endpoints.get_card,
+    card_endpoints.presence_code,
     card_endpoints.card_history,
     card_endpoints.escrow_account_totals,
     card_endpoints.list_unapplied_deposits,

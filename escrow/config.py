@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         ge=0,
         description="A recorded service the consumer doesn't answer confirms itself after this.",
     )
+    presence_code_step_seconds: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        description="A card's presence code (shown at the counter) changes every this many seconds; the code of "
+        "the step before is still accepted.",
+    )
+    presence_code_digits: int = Field(default=6, ge=6, le=8, description="Digits of a presence code.")
     cooling_off_days: int = Field(
         default=7, ge=0, description="Full refund of the price within this many days of payment if nothing was used."
     )

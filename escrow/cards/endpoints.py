@@ -1,10 +1,11 @@
 from typing import Annotated
 
 from litestar import get, post
+from litestar.datastructures import CacheControlHeader
 from litestar.params import FromQuery, JSONBody
 
 from escrow.auth.guards import requires
-from escrow.cards import service
+from escrow.cards import presence, service
 from escrow.cards.schemas import (
     AccountTotals,
     CardDetail,
@@ -15,11 +16,12 @@ from escrow.cards.schemas import (
     HistoryLine,
     PaymentDetails,
     PendingService,
+    PresenceCode,
     UnappliedDepositOut,
 )
 from escrow.consumptions.service import pending_on
 from escrow.db import Row
-from escrow.deps import DbSession, PrincipalDep, SettingsDep
+from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
 from escrow.kit.money import Money, SignedMoney
 from escrow.kit.pagination import Page, decode_cursor, int8, page_of
@@ -179,6 +181,42 @@ async def get_card(
         released=Money(amount=card.released),
         refunded=Money(amount=card.refunded),
         pending_services=pending,
+    )
+
+
+@get(
+    "/v1/cards/{card_id:str}/presence-code",
+    guards=[requires("consumer", own=("consumer",))],
+    tags=TAGS,
+    summary="The consumer's presence code for the card, to show at the counter (核销)",
+    responses=problem_responses(401, 403, 404),
+    cache_control=CacheControlHeader(no_store=True),
+)
+async def presence_code(
+    card_id: Annotated[str, path_id("card")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    keyring: KeyringDep,
+) -> PresenceCode:
+    """Returns the card's current presence code, and a QR code of it: the merchant who records a service with it
+    (`presence_code`) has it confirmed at once, as if the consumer had confirmed it. The code changes every
+    `ESCROW_PRESENCE_CODE_STEP_SECONDS` (60 s); the previous one is still accepted, and a code confirms the services
+    of one request only. Derived from the card and the time, never stored. Only the card's consumer gets it.
+    """
+    card = await service.get(db_session, principal, card_id)
+    current = presence.current(
+        keyring.presence_key,
+        card.id,
+        presence.now(),
+        settings.presence_code_step_seconds,
+        settings.presence_code_digits,
+    )
+    return PresenceCode(
+        code=current.code,
+        valid_until=current.valid_until,
+        rotates_at=current.rotates_at,
+        qr_svg=presence.qr_svg(presence.qr_payload(card.id, current.code)),
     )
 
 

@@ -105,6 +105,23 @@ class CardDetail(CardOut):
     pending_services: list[PendingService]
 
 
+class PresenceCode(BaseModel):
+    """The consumer's presence code for one card, to show at the counter: the merchant records the service with it
+    and the service is confirmed at once."""
+
+    code: str = Field(
+        description="Digits (6 by default) that change every step (60 s by default); the code of the step before is "
+        "still accepted. One code confirms the services of one request.",
+        examples=["482913"],
+    )
+    valid_until: datetime = Field(description="When this code stops being accepted (the end of the next step).")
+    rotates_at: datetime = Field(description="When the next code appears: fetch it then.")
+    qr_svg: str = Field(
+        description="A QR code of `card_id:code` as a standalone SVG image, for the merchant's scanner.",
+        examples=['<svg xmlns="http://www.w3.org/2000/svg" …</svg>'],
+    )
+
+
 class HistoryLine(BaseModel):
     """One movement of a card's balance, from one journal entry."""
 

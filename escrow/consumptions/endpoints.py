@@ -13,10 +13,10 @@ from escrow.consumptions.schemas import (
     Dispute,
     DisputeResolution,
 )
-from escrow.deps import DbSession, PrincipalDep, SettingsDep
+from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
 from escrow.kit.params import Limit, path_id, query_id
-from escrow.models.card import ConsumptionStatus
+from escrow.models.card import ConfirmationChannel, ConsumptionStatus
 
 TAGS = ["services rendered"]
 ONE = "/v1/consumptions/{consumption_id:str}"
@@ -35,14 +35,17 @@ async def record_consumption(
     db_session: DbSession,
     principal: PrincipalDep,
     settings: SettingsDep,
+    keyring: KeyringDep,
 ) -> ConsumptionOut:
     """Records a service rendered on an active sessions or stored-value card: its value is held on the card (a pending
-    ledger movement) until the consumer confirms it or the confirmation window passes. Refused with 409
-    `card_not_active` (card not active, expired, or its escrow account not active), `refund_in_progress`,
-    `exceeds_remaining` (more than is left) or `invalid_state` (period memberships release day by day on their own),
-    and with 422 when the field doesn't fit the card's kind.
+    ledger movement) until the consumer confirms it or the confirmation window passes. With the consumer's
+    `presence_code` (shown at the counter) it is confirmed at once: its value is released to the merchant in the same
+    transaction and `resolved_by` is `presence`. Refused with 409 `card_not_active` (card not active, expired, or its
+    escrow account not active), `refund_in_progress`, `exceeds_remaining` (more than is left) or `invalid_state`
+    (period memberships release day by day on their own), and with 422 when the field doesn't fit the card's kind or
+    the presence code is wrong, expired (rule `presence_code`) or already used (rule `presence_code_used`).
     """
-    return ConsumptionOut.of(await service.record(db_session, settings, principal, card_id, data))
+    return ConsumptionOut.of(await service.record(db_session, settings, keyring, principal, card_id, data))
 
 
 @post(
@@ -50,17 +53,22 @@ async def record_consumption(
     guards=[requires("merchant", own=("merchant",))],
     tags=TAGS,
     summary="Record services rendered to many cards at once (a class, a lesson): all are held, or none",
-    description="Each service is checked as a single one would be; a refusal names the item at fault "
-    "(`services[i]…`) and records nothing.",
+    description="Each service is checked as a single one would be, its `presence_code` too (a service with its "
+    "consumer's code is confirmed at once); a refusal names the item at fault (`services[i]…`) and records nothing.",
     responses=problem_responses(401, 403, 404, 409, 422, 423),
 )
 async def record_consumptions(
-    data: JSONBody[ConsumptionBatch], db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+    data: JSONBody[ConsumptionBatch],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    keyring: KeyringDep,
 ) -> ConsumptionBatchOut:
     services = [
-        service.Service(s.card_id, s.sessions, s.face_value.amount if s.face_value else None) for s in data.services
+        service.Service(s.card_id, s.sessions, s.face_value.amount if s.face_value else None, s.presence_code)
+        for s in data.services
     ]
-    recorded = await service.record_many(db_session, settings, principal, services, data.note)
+    recorded = await service.record_many(db_session, settings, keyring, principal, services, data.note)
     return ConsumptionBatchOut(consumptions=[ConsumptionOut.of(c) for c in recorded])
 
 
@@ -68,7 +76,7 @@ async def record_consumptions(
     "/v1/consumptions",
     guards=[requires("regulator", "merchant", "consumer", own=("merchant", "consumer"))],
     tags=TAGS,
-    summary="Service records (filter by status, e.g. disputed, or by card)",
+    summary="Service records (filter by status, e.g. disputed, by card, or by how they were confirmed)",
     responses=problem_responses(401, 403, 422),
 )
 async def list_consumptions(
@@ -76,12 +84,17 @@ async def list_consumptions(
     principal: PrincipalDep,
     status: FromQuery[ConsumptionStatus | None] = None,
     card_id: Annotated[str | None, query_id("card")] = None,
+    confirmed_via: FromQuery[ConfirmationChannel | None] = None,
     limit: Limit = 100,
 ) -> list[ConsumptionOut]:
-    """Lists service records in id order, filtered by status (e.g. `disputed`) and card, up to `limit`: a merchant sees
-    those on its cards, a consumer those on its own.
+    """Lists service records in id order, filtered by status (e.g. `disputed`), card and `confirmed_via` (confirmed
+    services only: by the `consumer`, by `presence` code at the counter, `auto` when the window passed, on
+    `schedule` for a membership's days, or by a dispute's `resolution`), up to `limit`: a merchant sees those on its
+    cards, a consumer those on its own.
     """
-    rows = await service.list_visible(db_session, principal, status=status, card_id=card_id, limit=limit)
+    rows = await service.list_visible(
+        db_session, principal, status=status, card_id=card_id, confirmed_via=confirmed_via, limit=limit
+    )
     return [ConsumptionOut.of(c) for c in rows]
 
 

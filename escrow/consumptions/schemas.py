@@ -1,10 +1,24 @@
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 from escrow.kit.body import RequestModel
 from escrow.kit.money import Money
+
+
+def _presence_code() -> Any:
+    return Field(
+        default=None,
+        pattern=r"^[0-9]+$",
+        min_length=1,
+        max_length=8,
+        description="The consumer's presence code (GET /v1/cards/{card_id}/presence-code), shown at the counter: "
+        "the service is confirmed at once and its value released to the merchant. A wrong, expired or already used "
+        "code is refused (422, rule `presence_code` or `presence_code_used`) and nothing is recorded. Without it the "
+        "service awaits the consumer's confirmation.",
+        examples=["482913"],
+    )
 
 
 class ConsumptionCreate(RequestModel):
@@ -13,6 +27,7 @@ class ConsumptionCreate(RequestModel):
     sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
     face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
     note: str | None = Field(default=None, max_length=500, examples=["Spin class 19:00"])
+    presence_code: StrictStr | None = _presence_code()
 
 
 MAX_BATCH = 200  # services per batch: a class, a lesson, a day's appointments
@@ -24,6 +39,7 @@ class ServiceRendered(RequestModel):
     card_id: str = Field(min_length=1, max_length=40)
     sessions: StrictInt | None = Field(default=None, ge=1, le=100_000, description="Sessions cards: sessions used.")
     face_value: Money | None = Field(default=None, description="Stored-value cards: face value spent.")
+    presence_code: StrictStr | None = _presence_code()
 
 
 class ConsumptionBatch(RequestModel):
@@ -71,8 +87,9 @@ class ConsumptionOut(BaseModel):
     )
     resolved_at: datetime | None
     resolved_by: str | None = Field(
-        description="Who settled it: `consumer`, `auto` (the confirmation window passed), `schedule` (a period "
-        "membership's day), or the id of the merchant or regulator who resolved the dispute."
+        description="Who settled it: `consumer`, `presence` (confirmed at the counter by the consumer's presence "
+        "code), `auto` (the confirmation window passed), `schedule` (a period membership's day), or the id of the "
+        "merchant or regulator who resolved the dispute."
     )
     dispute_reason: str | None = Field(description="The consumer's reason, when disputed.")
 

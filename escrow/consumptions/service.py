@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from escrow import db, ledger
 from escrow.auth.tokens import Principal
+from escrow.cards import presence
 from escrow.cards import service as cards
 from escrow.cards.pricing import day_value, unit_value
 from escrow.config import Settings
 from escrow.consumptions.schemas import ConsumptionCreate
 from escrow.errors import Conflict, FieldInvalid, NotFound
 from escrow.kit.clock import business_date, utcnow
+from escrow.kit.crypto import Keyring
 from escrow.kit.ids import new_id
 from escrow.models import Card, Consumption, EscrowAccount
 
@@ -34,6 +36,10 @@ class InvalidState(Conflict):
 class ExceedsRemaining(Conflict):
     code = "exceeds_remaining"
     title = "More than the card has left"
+
+
+class PresenceCodeRefused(FieldInvalid):
+    """A presence code that is not the card's current (or previous) one, or one already used: nothing is recorded."""
 
 
 class RefundInProgress(Conflict):
@@ -78,6 +84,7 @@ class Service:
     card_id: str
     sessions: int | None = None
     face_value: int | None = None  # fen
+    presence_code: str | None = None  # the consumer's code: the service is confirmed at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,7 @@ class _Held:
     amount: int
     protected: int
     legs: list[ledger.Leg]
+    present: bool  # confirmed by the consumer's presence code
 
 
 _LOCK_CARDS = "SELECT * FROM cards WHERE id = ANY($1::text[]) AND merchant_id = $2 ORDER BY id FOR NO KEY UPDATE"
@@ -102,9 +110,9 @@ _MOVEMENT_STATES = (
 # The cards' new counters and the held services, set-based, in one round trip.
 _RECORD = (
     "WITH counters AS (UPDATE cards SET units_used = u.units_used, consumed = u.consumed,"
-    "   protected_out = u.protected_out"
-    "   FROM unnest($10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) AS u(id, units_used, consumed,"
-    "     protected_out)"
+    "   protected_out = u.protected_out, presence_step = u.presence_step"
+    "   FROM unnest($10::text[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[])"
+    "     AS u(id, units_used, consumed, protected_out, presence_step)"
     "   WHERE cards.id = u.id)"
     " INSERT INTO consumptions (id, card_id, escrow_account_id, units, amount, protected_amount, status,"
     "   hold_entry_id, note, confirm_by)"
@@ -116,22 +124,29 @@ _RECORD = (
 
 
 async def record(
-    session: AsyncSession, settings: Settings, principal: Principal, card_id: str, data: ConsumptionCreate
+    session: AsyncSession,
+    settings: Settings,
+    keyring: Keyring,
+    principal: Principal,
+    card_id: str,
+    data: ConsumptionCreate,
 ) -> db.Row:
-    service = Service(card_id, data.sessions, data.face_value.amount if data.face_value else None)
-    return (await record_many(session, settings, principal, [service], data.note, in_batch=False))[0]
+    service = Service(card_id, data.sessions, data.face_value.amount if data.face_value else None, data.presence_code)
+    return (await record_many(session, settings, keyring, principal, [service], data.note, in_batch=False))[0]
 
 
 async def record_many(
     session: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     principal: Principal,
     services: Sequence[Service],
     note: str | None,
     *,
     in_batch: bool = True,
 ) -> list[db.Row]:
-    """Record services rendered (one, or a class's worth at once): each is held on its card; all or none.
+    """Record services rendered (one, or a class's worth at once): each is held on its card; all or none. A service
+    given its consumer's presence code is then confirmed at once, as the consumer's confirmation does.
 
     Refusals name the item at fault (``services[i]…``) when ``in_batch``."""
     locked = await db.fetch(session, _LOCK_CARDS, sorted({s.card_id for s in services}), principal.id)
@@ -140,6 +155,7 @@ async def record_many(
     now = utcnow()
     today = business_date(now, settings.business_timezone)
     held: list[_Held] = []
+    used_before = {card_id: card.presence_step for card_id, card in by_id.items()}  # before this request
     for index, service in enumerate(services):
         at = f"services[{index}]." if in_batch else ""
         card = by_id.get(service.card_id)
@@ -149,12 +165,23 @@ async def record_many(
             )
         units, field = _units(card, service, at)
         _check(card, states[card.id], units, field, at, today, settings)
+        if service.presence_code is not None:
+            step = _presence(keyring, settings, card, service.presence_code, used_before[card.id], at)
+            card.presence_step = step if card.presence_step is None else max(step, card.presence_step)
         amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
         protected, unprotected = cards.take(card, amount)
         card.units_used += units
         card.consumed += amount
         held.append(
-            _Held(new_id("csm"), card, units, amount, protected, cards.release_legs(card, protected, unprotected))
+            _Held(
+                new_id("csm"),
+                card,
+                units,
+                amount,
+                protected,
+                cards.release_legs(card, protected, unprotected),
+                service.presence_code is not None,
+            )
         )
     entries = [
         ledger.Entry(
@@ -185,9 +212,40 @@ async def record_many(
         [c.units_used for c in changed],
         [c.consumed for c in changed],
         [c.protected_out for c in changed],
+        [c.presence_step for c in changed],
     )
     by_service = {row["id"]: db.Row(row.items()) for row in recorded}
+    for h in held:
+        if h.present:  # the one way a service is confirmed (the cards are ours, and locked already)
+            confirmed = await _confirm(
+                session, h.id, visible=_ANYONE, viewer=principal.id, by="presence", expected="pending_confirmation"
+            )
+            assert confirmed is not None  # recorded pending just now, under the card's lock
+            by_service[h.id] = confirmed
     return [by_service[h.id] for h in held]  # in the order given (RETURNING promises no order)
+
+
+def _presence(keyring: Keyring, settings: Settings, card: db.Row, code: str, used: int | None, at: str) -> int:
+    """The time step of the card's presence ``code``, if it is the current or the previous step's code and that
+    step is later than the last one accepted for the card before this request (``used``); else refused."""
+    field = f"{at}presence_code"
+    step = presence.accepted_step(
+        keyring.presence_key,
+        card.id,
+        code,
+        presence.now(),
+        settings.presence_code_step_seconds,
+        settings.presence_code_digits,
+    )
+    if step is None:
+        raise PresenceCodeRefused(
+            field, "not the card's current presence code (wrong or expired)", rule="presence_code"
+        )
+    if used is not None and step <= used:
+        raise PresenceCodeRefused(
+            field, "this presence code was already used; the consumer shows the next one", rule="presence_code_used"
+        )
+    return step
 
 
 def _item(at: str, field: str, message: str, rule: str = "invalid") -> list[dict[str, str]] | None:
@@ -354,8 +412,19 @@ async def void(session: AsyncSession, card: Card, consumption: Consumption, by: 
     consumption.resolved_by = by
 
 
+# How a confirmed service was confirmed (``confirmed_via``), as ``resolved_by`` records it; any other value of
+# ``resolved_by`` on a confirmed service is the id of whoever resolved its dispute.
+CHANNELS = ("consumer", "presence", "auto", "schedule")
+
+
 async def list_visible(
-    session: AsyncSession, principal: Principal, *, status: str | None, card_id: str | None, limit: int
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    status: str | None,
+    card_id: str | None,
+    limit: int,
+    confirmed_via: str | None = None,
 ) -> list[Consumption]:
     query = select(Consumption).join(Card, Card.id == Consumption.card_id).order_by(Consumption.id).limit(limit)
     if principal.role == "merchant":
@@ -366,6 +435,10 @@ async def list_visible(
         query = query.where(Consumption.status == status)
     if card_id is not None:
         query = query.where(Consumption.card_id == card_id)
+    if confirmed_via == "resolution":
+        query = query.where(Consumption.status == "confirmed", Consumption.resolved_by.not_in(CHANNELS))
+    elif confirmed_via is not None:
+        query = query.where(Consumption.status == "confirmed", Consumption.resolved_by == confirmed_via)
     return list(await session.scalars(query))
 
 

@@ -15,13 +15,14 @@ _ACCOUNT = re.compile(r"^\d{8,32}$")
 
 
 class Keyring:
-    """Keys derived from the one service secret: one for encryption, one for look-up hashes."""
+    """Keys derived from the one service secret: one for encryption, one for look-up hashes, one for presence codes."""
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 32:
             raise ValueError("the service secret key must be at least 32 bytes")
         self._cipher = AESGCM(hmac.new(secret, b"escrow/field-encryption/v1", hashlib.sha256).digest())
         self._hash_key = hmac.new(secret, b"escrow/lookup-hash/v1", hashlib.sha256).digest()
+        self.presence_key = hmac.new(secret, b"escrow/presence-code/v1", hashlib.sha256).digest()
 
     def encrypt(self, plaintext: str, context: str) -> str:
         """``context`` names where the value lives (``table.column:row id``): a ciphertext copied elsewhere fails."""

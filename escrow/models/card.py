@@ -49,6 +49,9 @@ CardStatus = Literal[
     "cancelled",
 ]
 ConsumptionStatus = Literal["pending_confirmation", "disputed", "confirmed", "voided"]
+# How a confirmed service was confirmed: ``resolved_by`` holds the first four as they are; ``resolution`` is any
+# other value (the id of the merchant or regulator who resolved its dispute).
+ConfirmationChannel = Literal["consumer", "presence", "auto", "schedule", "resolution"]
 RefundStatus = Literal["requested", "approved", "instructed", "paid", "rejected"]
 InstructionStatus = Literal["pending", "sent", "executed", "failed", "cancelled"]
 
@@ -133,6 +136,9 @@ class Card(Base):
     # takeover: value moved to the successor's card (this card ``transferred``), or the card this one continues
     transferred: Mapped[int] = mapped_column(BigInteger, server_default="0")
     predecessor_card_id: Mapped[str | None] = mapped_column(String(40))
+    # presence codes (escrow/cards/presence.py): the last time step whose code confirmed services; older and equal
+    # steps' codes are refused
+    presence_step: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Consumption(Base):
@@ -160,7 +166,7 @@ class Consumption(Base):
     recorded_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     confirm_by: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
-    resolved_by: Mapped[str | None] = mapped_column(String(40))  # consumer, auto, schedule, or a principal id
+    resolved_by: Mapped[str | None] = mapped_column(String(40))  # consumer, presence, auto, schedule, or a principal id
     dispute_reason: Mapped[str | None] = mapped_column(String(500))
 
 
