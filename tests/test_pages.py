@@ -162,3 +162,16 @@ class TestCounterPage:
         assert after.status_code in (302, 303)  # the counter session's token is revoked
         still = await client.get("/v1/me", headers=bearer(merchant.token))
         assert still.status_code == 200  # the merchant's own API token is untouched
+
+
+async def test_the_presence_panel_shows_the_code_and_its_qr(
+    client: httpx.AsyncClient, app: Litestar, shop: dict
+) -> None:
+    session = signed_in(app, shop["consumer"])
+    page = await client.get(f"/app/cards/{shop['card_id']}", headers=session)
+    assert f'hx-get="/app/cards/{shop["card_id"]}/presence"' in page.text
+    panel = await client.get(f"/app/cards/{shop['card_id']}/presence", headers=session)
+    assert panel.status_code == 200 and "<svg" in panel.text
+    code = re.search(r"data-presence-code>(\d{6})<", panel.text).group(1)
+    api = await client.get(f"/v1/cards/{shop['card_id']}/presence-code", headers=bearer(shop["consumer"]))
+    assert api.json()["code"] == code

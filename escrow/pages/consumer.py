@@ -19,7 +19,7 @@ from escrow.cards import endpoints as card_api
 from escrow.closures import endpoints as closure_api
 from escrow.consumptions import endpoints as consumption_api
 from escrow.consumptions.schemas import Dispute
-from escrow.deps import DbSession, PrincipalDep, SettingsDep
+from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import EscrowError
 from escrow.kit.money import Money
 from escrow.kit.params import path_id
@@ -96,6 +96,22 @@ async def _my_refunds(db_session: Any, request: Request, principal: Any) -> list
         overdue=False,
         limit=200,
     )
+
+
+@get("/app/cards/{card_id:str}/presence", **PAGE)
+async def presence_panel(
+    request: Request,
+    card_id: Annotated[str, path_id("card")],
+    db_session: DbSession,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    keyring: KeyringDep,
+) -> Template:
+    """The card's presence code and its QR, refreshed by the page every half minute."""
+    code = await card_api.presence_code.fn(
+        card_id=card_id, db_session=db_session, principal=principal, settings=settings, keyring=keyring
+    )
+    return Template("consumer/presence.html", context=context(request, code=code, card_id=card_id))
 
 
 @post("/app/services/{consumption_id:str}/confirm", status_code=200, **FORM)
@@ -201,6 +217,7 @@ ROUTES = [
     home,
     cards_page,
     card_page,
+    presence_panel,
     confirm_service,
     dispute_service,
     refund_page,
