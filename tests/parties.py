@@ -179,23 +179,37 @@ async def send_code(client: httpx.AsyncClient, phone: str, headers: dict[str, st
     return response
 
 
-async def sign_in(client: httpx.AsyncClient, phone: str) -> tuple[str, str]:
-    """The phone's holder signs in by SMS: asks for a code, reads it on the phone, exchanges it. (consumer id, token)"""
-    app = app_of(client)
-    before = await last_sms_id(app.state.sessionmaker)
-    await send_code(client, phone)
-    code = await sms_code_for(app.state.sessionmaker, phone, keyring=app.state.keyring, after=before)
+async def sign_in(client: httpx.AsyncClient, phone: str, *, database_url: str | None = None) -> tuple[str, str]:
+    """The phone's holder signs in by SMS: asks for a code, reads it on the phone, exchanges it. (consumer id, token)
+
+    ``database_url``: for a client of a service running elsewhere (tests/live.py, with the tests' secret key),
+    whose development sink is read there."""
+    if database_url is None:
+        app = app_of(client)
+        before = await last_sms_id(app.state.sessionmaker)
+        await send_code(client, phone)
+        code = await sms_code_for(app.state.sessionmaker, phone, keyring=app.state.keyring, after=before)
+    else:
+        connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            before = await connection.fetchval("SELECT coalesce(max(id), 0) FROM sms_sink")
+        finally:
+            await connection.close()
+        await send_code(client, phone)
+        code = await sms_code_for(database_url, phone, after=before)
     token = await client.post("/v1/consumer-tokens", json={"phone": phone, "code": code}, headers=key())
     assert token.status_code == 201, token.text
     return token.json()["consumer"]["id"], token.json()["token"]
 
 
-async def consumer_token(client: httpx.AsyncClient, merchant: Merchant, phone: str) -> tuple[str, str]:
+async def consumer_token(
+    client: httpx.AsyncClient, merchant: Merchant, phone: str, *, database_url: str | None = None
+) -> tuple[str, str]:
     """The merchant registers the consumer at its point of sale; the consumer signs in with the code sent to its
     phone. Returns (consumer id, consumer token)."""
     registered = await client.post("/v1/consumers", json={"phone": phone}, headers={**bearer(merchant.token), **key()})
     assert registered.status_code == 201, registered.text
-    consumer_id, token = await sign_in(client, phone)
+    consumer_id, token = await sign_in(client, phone, database_url=database_url)
     assert consumer_id == registered.json()["id"]
     return consumer_id, token
 
