@@ -43,6 +43,7 @@ from escrow.payouts import endpoints as payout_endpoints
 from escrow.plans import endpoints as plan_endpoints
 from escrow.reconciliation import endpoints as reconciliation_endpoints
 from escrow.refunds import endpoints as refund_endpoints
+from escrow.sms import SmsDispatcher, sender_for
 from escrow.unit_of_work import UnitOfWorkMiddleware, provide_db_session
 
 ROUTES: list[ControllerRouterHandler] = [
@@ -62,6 +63,8 @@ ROUTES: list[ControllerRouterHandler] = [
     auth_endpoints.create_regulator_token,
     auth_endpoints.rotate_token,
     auth_endpoints.revoke_token,
+    auth_endpoints.issue_merchant_token,
+    auth_endpoints.issue_bank_token,
     bank_endpoints.create_bank,
     bank_endpoints.list_banks,
     bank_endpoints.get_bank,
@@ -79,7 +82,7 @@ ROUTES: list[ControllerRouterHandler] = [
     escrow_endpoints.unfreeze_escrow_account,
     consumer_endpoints.register_consumer,
     consumer_endpoints.get_consumer,
-    consumer_endpoints.issue_sign_in_code,
+    consumer_endpoints.send_sign_in_code,
     consumer_endpoints.sign_in_consumer,
     plan_endpoints.create_plan,
     plan_endpoints.list_plans,
@@ -156,9 +159,12 @@ def create_app(settings: Settings | None = None, extra_routes: Sequence[Controll
         app.state.keyring = Keyring(load_secret_key(settings))
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        sender = sender_for(settings, app.state.sessionmaker, app.state.keyring)
+        app.state.sms_dispatcher = SmsDispatcher(app.state.sessionmaker, sender, settings, app.state.keyring)
         background = [
             asyncio.create_task(seal_periodically(app.state.sessionmaker, settings.seal_interval_seconds)),
-            asyncio.create_task(run_periodically(app.state.sessionmaker, settings)),
+            asyncio.create_task(run_periodically(app.state.sessionmaker, settings, sender, app.state.keyring)),
+            asyncio.create_task(app.state.sms_dispatcher.run()),
         ]
         try:
             yield

@@ -1,4 +1,4 @@
-"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin, closure, reconcile and bench."""
+"""The `escrow` command: serve, migrate, db-url, openapi, verify, admin, sms, closure, reconcile and bench."""
 
 import argparse
 import asyncio
@@ -203,6 +203,43 @@ def cmd_admin_create_token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def sms_outbox(engine, settings, phone: str | None, limit: int, *, out=None) -> int:
+    """Print the newest messages of the development SMS sink (``DevSmsSink``), newest first."""
+    from sqlalchemy import select
+
+    from escrow.config import load_secret_key
+    from escrow.db import create_sessionmaker
+    from escrow.kit.crypto import Keyring, normalize_phone
+    from escrow.models import SmsSink
+
+    out = out or sys.stdout
+    query = select(SmsSink).order_by(SmsSink.id.desc()).limit(limit)
+    if phone is not None:
+        query = query.where(
+            SmsSink.phone_hash == Keyring(load_secret_key(settings)).lookup_hash(normalize_phone(phone))
+        )
+    async with create_sessionmaker(engine)() as session:
+        rows = list(await session.scalars(query))
+    for row in rows:
+        print(f"{row.created_at.isoformat(timespec='seconds')}  {row.phone_masked}  {row.text}", file=out)
+    if not rows:
+        print("no messages", file=sys.stderr)
+    return 0
+
+
+def cmd_sms_outbox(args: argparse.Namespace) -> int:
+    """The development sink's messages (sign-in codes included): for development only, like the sink itself."""
+    from escrow.kit.crypto import normalize_phone
+
+    if args.phone is not None:
+        try:
+            normalize_phone(args.phone)
+        except ValueError as exc:
+            print(f"escrow sms outbox: --phone {exc}", file=sys.stderr)
+            return 2
+    return _run_with_engine(lambda engine: sms_outbox(engine, get_settings(), args.phone, args.limit))  # type: ignore[return-value]
+
+
 def cmd_run_jobs(args: argparse.Namespace) -> int:
     """Run the background jobs (as the service does every ESCROW_JOBS_INTERVAL_SECONDS) once, or forever."""
     from escrow.db import create_sessionmaker
@@ -257,7 +294,12 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
             print("--url needs --regulator-token (see `escrow admin create-token`)", file=sys.stderr)
             return 2
         where = f"the server at {args.url}"
-        result = asyncio.run(bench.run(args.url, args.regulator_token, **sizes))
+        # consumers' tokens are issued in the server's database (ESCROW_DATABASE_URL): made-up phones get no SMS
+        result = _run_with_engine(
+            lambda engine: bench.run(
+                args.url, args.regulator_token, consumer_token=bench.consumer_tokens(engine), **sizes
+            )
+        )
     else:
         where = f"`escrow serve` with {args.workers} worker(s) on a scratch database"
 
@@ -265,7 +307,14 @@ def cmd_bench_flow(args: argparse.Namespace) -> int:
             regulator = await bench.regulator_token(engine)
             database = engine.url.database
             async with bench.server(get_settings().database_url, args.workers) as (url, pid):
-                return await bench.run(url, regulator, server_pid=pid, database=database, **sizes)
+                return await bench.run(
+                    url,
+                    regulator,
+                    server_pid=pid,
+                    database=database,
+                    consumer_token=bench.consumer_tokens(engine),
+                    **sizes,
+                )
 
         result = _run_with_bench_database(work, pool_size=2)
     print(f"flow benchmark on {machine()}, against {where}")
@@ -612,6 +661,19 @@ def build_parser() -> argparse.ArgumentParser:
     create_token.add_argument("--name", required=True, help="who or what the token is for")
     create_token.set_defaults(func=cmd_admin_create_token)
 
+    sms = commands.add_parser("sms", help="text messages (development)")
+    sms_commands = sms.add_subparsers(dest="sms_command", required=True, metavar="TASK")
+    sms_outbox_command = sms_commands.add_parser(
+        "outbox",
+        help="print the messages the development sink kept instead of sending them (ESCROW_SMS_GATEWAY_URL unset); "
+        "for development only",
+    )
+    sms_outbox_command.add_argument("--phone", help="only messages to this phone number")
+    sms_outbox_command.add_argument(
+        "--limit", type=_positive, default=20, help="how many of the newest messages (default 20)"
+    )
+    sms_outbox_command.set_defaults(func=cmd_sms_outbox)
+
     bench = commands.add_parser("bench", help="benchmarks (printed as Markdown tables)")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     bench_ledger = bench_commands.add_parser("ledger", help="transfers/s through the ledger API")
@@ -623,7 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_flow = bench_commands.add_parser(
         "flow", help="sale, deposit, consumptions and confirmations over HTTP: requests/s and latency per step"
     )
-    bench_flow.add_argument("--url", help="a running server (default: start `escrow serve` on a scratch database)")
+    bench_flow.add_argument(
+        "--url",
+        help="a running server on ESCROW_DATABASE_URL, where consumers' tokens are issued (default: start "
+        "`escrow serve` on a scratch database)",
+    )
     bench_flow.add_argument("--regulator-token", help="a regulator token of the server at --url")
     bench_flow.add_argument("--consumers", type=int, default=500, help="consumers, one card each (default 500)")
     bench_flow.add_argument("--sessions", type=int, default=5, help="consumptions per card, 1-60 (default 5)")

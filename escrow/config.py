@@ -55,6 +55,30 @@ class Settings(BaseSettings):
     auth_block_seconds: int = Field(default=300, ge=1, description="How long an address is refused after the limit.")
     consumer_code_ttl_seconds: int = Field(default=600, ge=30, description="Lifetime of a consumer sign-in code.")
     consumer_code_attempts: int = Field(default=5, ge=1, description="Wrong tries before a sign-in code is burnt.")
+    consumer_codes_per_phone_per_hour: int = Field(
+        default=5, ge=1, description="Sign-in codes one phone may be sent per hour (then 429 with Retry-After)."
+    )
+    consumer_codes_per_address_per_hour: int = Field(
+        default=20, ge=1, description="Sign-in codes one client address may ask for per hour (then 429)."
+    )
+    # --- text messages (escrow.sms) ---
+    sms_gateway_url: str | None = Field(
+        default=None,
+        description="SMS gateway send endpoint (HttpGatewaySmsSender). Unset: messages go to the development sink "
+        "(table sms_sink, read with `escrow sms outbox`), which is for development only.",
+    )
+    sms_gateway_key_id: str | None = Field(default=None, description="Our key id at the SMS gateway.")
+    sms_gateway_secret: SecretStr | None = Field(
+        default=None, description="Secret for the HMAC-SHA256 signature of requests to the SMS gateway."
+    )
+    sms_gateway_timeout_seconds: float = Field(default=10, gt=0, description="Timeout of one request to the gateway.")
+    sms_max_attempts: int = Field(default=8, ge=1, description="Attempts to send a text message before it is dead.")
+    sms_retry_base_seconds: float = Field(
+        default=5, gt=0, description="Wait after a first failed attempt; doubles with each further one (capped at 1 h)."
+    )
+    sms_lease_seconds: int = Field(
+        default=60, ge=1, description="How long a claimed message is left to its sender before another may retry it."
+    )
     # --- cards: domain.md §5; amounts in fen, ratios in basis points (1 bp = 0.01 %) ---
     custody_ratio_bp_by_rating: dict[str, int] = Field(
         default={"A": 4000, "B": 6000, "C": 10000, "D": 10000},

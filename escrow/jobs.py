@@ -19,16 +19,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from escrow import ledger
 from escrow.auth.requests import forget_old_nonces
 from escrow.closures import service as closures
-from escrow.config import Settings
+from escrow.config import Settings, load_secret_key
+from escrow.consumers import service as consumers
 from escrow.consumptions import service as consumptions
 from escrow.errors import cause_summary, database_unavailable
 from escrow.fund import service as fund
 from escrow.kit.clock import business_date, utcnow
+from escrow.kit.crypto import Keyring
 from escrow.ledger.integrity import seal
 from escrow.models import JobRun
 from escrow.payouts import service as payouts
 from escrow.reconciliation import matching as reconciliation
 from escrow.refunds import service as refunds
+from escrow.sms import SmsSender, deliver_due, sender_for
 
 log = structlog.get_logger("escrow.jobs")
 
@@ -63,9 +66,18 @@ async def daily_payouts(session: AsyncSession, settings: Settings, now: datetime
     return len(await payouts.run_payouts(session, "system:payouts"))
 
 
-async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, now: datetime | None = None) -> dict:
-    """Everything due now, in order; returns what each job did (and logs it)."""
+async def run_jobs_once(
+    sessionmaker: async_sessionmaker,
+    settings: Settings,
+    now: datetime | None = None,
+    sender: SmsSender | None = None,
+    keyring: Keyring | None = None,
+) -> dict:
+    """Everything due now, in order; returns what each job did (and logs it). Text messages go through ``sender``
+    (by default the one the settings name)."""
     now = now or utcnow()
+    keyring = keyring or Keyring(load_secret_key(settings))
+    sender = sender or sender_for(settings, sessionmaker, keyring)
     limit = settings.jobs_batch_size
     report: dict[str, int | None] = {}
 
@@ -115,6 +127,9 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
     async def nonces(session: AsyncSession) -> int:
         return await forget_old_nonces(session)  # all at once (a second batch finds none)
 
+    async def counts(session: AsyncSession) -> int:
+        return await consumers.forget_old_counts(session)  # all at once
+
     for name, job, per_batch in (
         ("services_auto_confirmed", confirm, limit),
         ("period_cards", period, limit),
@@ -127,6 +142,7 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
         ("fund_owed_payments", owed, limit),
         ("reconciliation_runs", reconcile, 1),
         ("bank_nonces_forgotten", nonces, limit),
+        ("rate_counts_forgotten", counts, limit),
     ):
         try:
             report[name] = await _batches(sessionmaker, per_batch, job)
@@ -145,17 +161,27 @@ async def run_jobs_once(sessionmaker: async_sessionmaker, settings: Settings, no
             log.warning("jobs_skipped_database_unavailable", job="payouts", error=cause_summary(exc))
             return report
         log.exception("job_failed", job="payouts")
+    try:  # messages the request that queued them did not deliver right after its commit
+        report["sms_sent"] = await deliver_due(sessionmaker, sender, settings, keyring, limit=limit)
+    except Exception:
+        log.exception("job_failed", job="sms")
+        report["sms_sent"] = None
     log.info("jobs_ran", **report)
     return report
 
 
-async def run_periodically(sessionmaker: async_sessionmaker, settings: Settings) -> None:
+async def run_periodically(
+    sessionmaker: async_sessionmaker,
+    settings: Settings,
+    sender: SmsSender | None = None,
+    keyring: Keyring | None = None,
+) -> None:
     """Background task of the service process: run what is due, sleep, again."""
     if settings.jobs_interval_seconds <= 0:
         return
     while True:
         try:
-            await run_jobs_once(sessionmaker, settings)
+            await run_jobs_once(sessionmaker, settings, sender=sender, keyring=keyring)
         except Exception:
             log.exception("jobs_failed")
         await asyncio.sleep(settings.jobs_interval_seconds)

@@ -8,8 +8,10 @@ money that was not committed.
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+import structlog
 from litestar import Request
 from litestar.datastructures import Headers
 from litestar.di import NamedDependency
@@ -23,8 +25,25 @@ from escrow.auth.requests import authenticate_request
 from escrow.auth.tokens import Unauthenticated
 from escrow.errors import KEEP_ON_REFUSAL, EscrowError
 
+log = structlog.get_logger("escrow.unit_of_work")
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_KEY = "db_session"
+AFTER_COMMIT = "after_commit"
+
+
+def after_commit(scope: Scope, callback: Callable[[], None]) -> None:
+    """Call ``callback`` (quick, synchronous: e.g. wake a background task) once the request's transaction has
+    committed; never when it rolls back. Best effort: a crash right after the commit skips it."""
+    scope["state"].setdefault(AFTER_COMMIT, []).append(callback)
+
+
+def _run_after_commit(scope: Scope) -> None:
+    for callback in scope["state"].pop(AFTER_COMMIT, ()):
+        try:
+            callback()
+        except Exception:  # the change is committed; a failed hook must not turn it into an error
+            log.exception("after_commit_failed")
 
 
 def caller_of(scope: Scope) -> str:
@@ -202,6 +221,7 @@ class UnitOfWorkMiddleware:
                     await _send_replay(send, idempotency.refusal(exc), replayed=False)
                     return exc.status
             await session.commit()
+            _run_after_commit(scope)
         else:
             # A refusal of a request whose key another one (a retry) committed meanwhile gets that one's answer.
             replayed = await _replay_first(session, scope, send, claim) if claim else None

@@ -91,6 +91,9 @@ def settings(db_url: str) -> Settings:
         seal_interval_seconds=0,
         jobs_interval_seconds=0,
         secret_key="test-secret-key-0123456789abcdef",
+        # tests sign many consumers in from one address; tests/test_consumer_channel.py checks the limits themselves
+        consumer_codes_per_phone_per_hour=10_000,
+        consumer_codes_per_address_per_hour=10_000,
     )
 
 

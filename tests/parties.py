@@ -1,15 +1,21 @@
 """Onboarding through the API, as the four roles do it; shared by the parties and authorization tests."""
 
+import asyncio
 import itertools
+import re
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from escrow.auth.tokens import issue_token
+from escrow.kit.crypto import Keyring, normalize_phone
 from escrow.kit.signing import BankAuth
 from escrow.kit.uscc import _organisation_check_character as organisation_check_character
 from escrow.kit.uscc import with_check_character
+from escrow.models import SmsSink
 
 _keys = itertools.count()
 _codes = itertools.count(1)
@@ -106,15 +112,106 @@ async def open_escrow_account(client: httpx.AsyncClient, merchant: Merchant, ban
     return account_id
 
 
-async def consumer_token(client: httpx.AsyncClient, merchant: Merchant, phone: str) -> tuple[str, str]:
-    registered = await client.post("/v1/consumers", json={"phone": phone}, headers={**bearer(merchant.token), **key()})
-    assert registered.status_code in (200, 201), registered.text
-    consumer_id = registered.json()["id"]
-    code = await client.post(f"/v1/consumers/{consumer_id}/codes", headers={**bearer(merchant.token), **key()})
-    assert code.status_code == 201, code.text
-    token = await client.post("/v1/consumer-tokens", json={"phone": phone, "code": code.json()["code"]}, headers=key())
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"  # the settings fixture's (tests/conftest.py)
+
+
+def app_of(client: httpx.AsyncClient):
+    """The application behind a test client (tests/conftest.py: an ASGI transport)."""
+    return client._transport.app  # type: ignore[attr-defined]
+
+
+async def sms_code_for(
+    source: AsyncSession | async_sessionmaker | str,
+    phone: str,
+    *,
+    keyring: Keyring | None = None,
+    after: int = 0,
+    wait: float = 10,
+) -> str:
+    """The newest sign-in code the development SMS sink received for ``phone`` (what its holder reads on the phone),
+    among messages after sink row ``after``. ``source`` is a session, a sessionmaker or a database URL; waits up to
+    ``wait`` seconds for the delivery that follows the request's commit."""
+    keyring = keyring or Keyring(TEST_SECRET_KEY.encode())
+    phone_hash = keyring.lookup_hash(normalize_phone(phone))
+    sql = "SELECT text FROM sms_sink WHERE phone_hash = $1 AND id > $2 ORDER BY id DESC LIMIT 1"
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        if isinstance(source, str):
+            connection = await asyncpg.connect(source.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                message = await connection.fetchval(sql, phone_hash, after)
+            finally:
+                await connection.close()
+        elif isinstance(source, AsyncSession):
+            message = await source.scalar(_newest(phone_hash, after))
+            await source.rollback()  # a fresh snapshot for the next look
+        else:
+            async with source() as session:
+                message = await session.scalar(_newest(phone_hash, after))
+        if message is not None:
+            found = re.search(r"\b(\d{6})\b", message)
+            assert found, "a sign-in message holds a six-digit code"
+            return found.group(1)
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("no text message reached the phone")
+        await asyncio.sleep(0.02)
+
+
+def _newest(phone_hash: str, after: int):
+    return (
+        select(SmsSink.text)
+        .where(SmsSink.phone_hash == phone_hash, SmsSink.id > after)
+        .order_by(SmsSink.id.desc())
+        .limit(1)
+    )
+
+
+async def last_sms_id(sessionmaker: async_sessionmaker) -> int:
+    """The id of the development sink's newest message (0 without any)."""
+    async with sessionmaker() as session:
+        return await session.scalar(select(func.coalesce(func.max(SmsSink.id), 0))) or 0
+
+
+async def send_code(client: httpx.AsyncClient, phone: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """Ask for a sign-in code for the phone, anonymously, as its holder does."""
+    response = await client.post("/v1/consumer-codes", json={"phone": phone}, headers={**key(), **(headers or {})})
+    assert response.status_code == 202, response.text
+    return response
+
+
+async def sign_in(client: httpx.AsyncClient, phone: str, *, database_url: str | None = None) -> tuple[str, str]:
+    """The phone's holder signs in by SMS: asks for a code, reads it on the phone, exchanges it. (consumer id, token)
+
+    ``database_url``: for a client of a service running elsewhere (tests/live.py, with the tests' secret key),
+    whose development sink is read there."""
+    if database_url is None:
+        app = app_of(client)
+        before = await last_sms_id(app.state.sessionmaker)
+        await send_code(client, phone)
+        code = await sms_code_for(app.state.sessionmaker, phone, keyring=app.state.keyring, after=before)
+    else:
+        connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            before = await connection.fetchval("SELECT coalesce(max(id), 0) FROM sms_sink")
+        finally:
+            await connection.close()
+        await send_code(client, phone)
+        code = await sms_code_for(database_url, phone, after=before)
+    token = await client.post("/v1/consumer-tokens", json={"phone": phone, "code": code}, headers=key())
     assert token.status_code == 201, token.text
-    return consumer_id, token.json()["token"]
+    return token.json()["consumer"]["id"], token.json()["token"]
+
+
+async def consumer_token(
+    client: httpx.AsyncClient, merchant: Merchant, phone: str, *, database_url: str | None = None
+) -> tuple[str, str]:
+    """The merchant registers the consumer at its point of sale; the consumer signs in with the code sent to its
+    phone. Returns (consumer id, consumer token)."""
+    registered = await client.post("/v1/consumers", json={"phone": phone}, headers={**bearer(merchant.token), **key()})
+    assert registered.status_code == 201, registered.text
+    consumer_id, token = await sign_in(client, phone, database_url=database_url)
+    assert consumer_id == registered.json()["id"]
+    return consumer_id, token
 
 
 # --- cards -------------------------------------------------------------------------------------------------

@@ -19,10 +19,12 @@ from tests.closing import order_closure, setup_fund, start_and_settle
 from tests.parties import (
     Bank,
     Merchant,
+    app_of,
     bank_transaction_id,
     bearer,
     create_plan,
     key,
+    last_sms_id,
     new_uscc,
     onboard_bank,
     onboard_merchant,
@@ -30,6 +32,8 @@ from tests.parties import (
     open_escrow_account,
     regulator_token,
     sell_and_pay,
+    send_code,
+    sms_code_for,
 )
 from tests.reconciling import camt053, fee, send, statement_json
 
@@ -46,6 +50,8 @@ def settings(db_url: str) -> Settings:
         jobs_interval_seconds=0,
         secret_key="test-secret-key-0123456789abcdef",
         auth_failure_limit=10_000,
+        consumer_codes_per_phone_per_hour=10_000,
+        consumer_codes_per_address_per_hour=10_000,
     )
 
 
@@ -209,7 +215,7 @@ async def closures_of(
     registered = await client.post(
         "/v1/consumers", json={"phone": "13800000001"}, headers={**bearer(closing.token), **key()}
     )
-    assert registered.status_code == 200 and registered.json()["id"] == consumer_id, registered.text
+    assert registered.status_code == 201 and registered.json()["id"] == consumer_id, registered.text
     plan_id = (await create_plan(client, closing, kind="sessions", sessions=10, price=10_000))["id"]
     takeover_card = await sell_and_pay(client, closing, bank, plan_id, consumer_id)
     announced = await client.post(
@@ -380,11 +386,11 @@ async def body_for(
     closures = world.closures
     assert closures is not None
     if path == "/v1/consumer-tokens":
-        consumer_id = world.own["merchant"]["consumer_id"]
-        code = await client.post(
-            f"/v1/consumers/{consumer_id}/codes", headers={**bearer(world.merchant_token), **key()}
-        )
-        return {"phone": "13800000001", "code": code.json()["code"]}
+        app = app_of(client)
+        before = await last_sms_id(app.state.sessionmaker)
+        await send_code(client, "13800000001")
+        code = await sms_code_for(app.state.sessionmaker, "13800000001", keyring=app.state.keyring, after=before)
+        return {"phone": "13800000001", "code": code}
     if path == "/v1/cards/{card_id}/refunds":
         # the amount the consumer confirms is the quote's; another's card has no quote for them, any amount does
         quote = await client.get(
@@ -421,6 +427,9 @@ async def body_for(
         "/v1/escrow-accounts/{escrow_account_id}/reject": {"reason": "matrix"},
         "/v1/escrow-accounts/{escrow_account_id}/freeze": {"reason": "matrix"},
         "/v1/consumers": {"phone": "13800000009"},
+        "/v1/consumer-codes": {"phone": "13800000009"},
+        "/v1/merchants/{merchant_id}/tokens": {"name": "matrix"},
+        "/v1/banks/{bank_id}/tokens": {"name": "matrix"},
         "/v1/tokens": {"name": "another regulator"},
         "/v1/merchants/{merchant_id}/custody-model": {"model": "ratio", "reason": "matrix"},
         "/v1/plans": {

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from escrow.kit.signing import sign_headers
 from tests.live import serve
 from tests.parties import (
+    TEST_SECRET_KEY,
     Bank,
     consumer_token,
     create_plan,
@@ -81,14 +82,14 @@ class Live:
 
 @pytest.fixture
 async def live(db_url: str, session: AsyncSession) -> Iterator[Live]:
-    with serve(db_url, auth_failure_limit="1000000") as url:
+    with serve(db_url, auth_failure_limit="1000000", secret_key=TEST_SECRET_KEY) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             regulator = await regulator_token(session)
             bank = await onboard_bank(client, regulator, "FUZZ")
             merchant = await onboard_merchant(client, regulator, "Fuzz Gym")
             await open_escrow_account(client, merchant, bank)
             await create_plan(client, merchant, kind="sessions", price=100_000, sessions=10)
-            _, consumer = await consumer_token(client, merchant, "13800000002")
+            _, consumer = await consumer_token(client, merchant, "13800000002", database_url=db_url)
         yield Live(url, {"regulator": regulator, "merchant": merchant.token, "consumer": consumer}, bank)
 
 

@@ -18,6 +18,8 @@ from tests.parties import (
     onboard_merchant,
     open_escrow_account,
     regulator_token,
+    send_code,
+    sms_code_for,
 )
 
 
@@ -151,15 +153,9 @@ class TestRefusals:
             session, ledger.Entry(account_id, "card_paid", ledger.transfer("custody_cash", "card:c1", 100))
         )
 
-    async def test_wrong_codes_burn_the_code(self, client: AsyncClient, regulator: str) -> None:
-        merchant = await onboard_merchant(client, regulator, "Spin Studio")
-        registered = await client.post(
-            "/v1/consumers", json={"phone": "13700001111"}, headers={**bearer(merchant.token), **key()}
-        )
-        consumer_id = registered.json()["id"]
-        code = (
-            await client.post(f"/v1/consumers/{consumer_id}/codes", headers={**bearer(merchant.token), **key()})
-        ).json()["code"]
+    async def test_wrong_codes_burn_the_code(self, client: AsyncClient, session: AsyncSession) -> None:
+        await send_code(client, "13700001111")
+        code = await sms_code_for(session, "13700001111")
         wrong = f"{(int(code) + 1) % 10**6:06d}"
         for _ in range(5):
             response = await client.post("/v1/consumer-tokens", json={"phone": "13700001111", "code": wrong})
@@ -224,17 +220,11 @@ class TestSecretsShownOnce:
 
 
 class TestConcurrentGuesses:
-    async def test_no_more_guesses_than_allowed_are_compared(self, client: AsyncClient, regulator: str) -> None:
+    async def test_no_more_guesses_than_allowed_are_compared(self, client: AsyncClient, session: AsyncSession) -> None:
         import asyncio
 
-        merchant = await onboard_merchant(client, regulator, "Guess Gym")
-        registered = await client.post(
-            "/v1/consumers", json={"phone": "13600001111"}, headers={**bearer(merchant.token), **key()}
-        )
-        consumer_id = registered.json()["id"]
-        code = (
-            await client.post(f"/v1/consumers/{consumer_id}/codes", headers={**bearer(merchant.token), **key()})
-        ).json()["code"]
+        await send_code(client, "13600001111")
+        code = await sms_code_for(session, "13600001111")
         wrong = [f"{(int(code) + n) % 10**6:06d}" for n in range(1, 31)]
         responses = await asyncio.gather(
             *(client.post("/v1/consumer-tokens", json={"phone": "13600001111", "code": w}) for w in wrong)

@@ -45,7 +45,7 @@ def outcome_of(status: int) -> str:
     return "done" if status < 400 else "refused" if status < 500 else "failed"
 
 
-_COLUMNS = ("principal_id", "role", "action", "object_id", "request_id", "status", "outcome", "detail")
+_COLUMNS = ("principal_id", "role", "token_id", "action", "object_id", "request_id", "status", "outcome", "detail")
 
 
 def _record(
@@ -60,6 +60,7 @@ def _record(
     return {
         "principal_id": principal.id if principal else None,
         "role": principal.role if principal else None,
+        "token_id": principal.token_id if principal else None,
         "action": f"{scope['method']} {scope.get('path_template') or scope['path']}",
         "object_id": _object_id(scope, body),
         "request_id": scope["state"].get("request_id"),

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from litestar import get
 from litestar.params import FromQuery, QueryParameter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from escrow.auth.guards import requires
@@ -25,6 +25,7 @@ class AuditOut(BaseModel):
     at: datetime
     principal_id: str | None
     role: str | None
+    token_id: str | None = Field(description="The token that acted (none for anonymous requests).")
     action: str
     object_id: str | None
     request_id: str | None
@@ -43,6 +44,7 @@ class AuditOut(BaseModel):
 async def list_audit(
     db_session: DbSession,
     principal_id: Annotated[str | None, query_id("principal")] = None,
+    token_id: Annotated[str | None, query_id("token")] = None,
     action: Annotated[
         str | None,
         QueryParameter(
@@ -60,12 +62,13 @@ async def list_audit(
     limit: Limit = 50,
 ) -> Page[AuditOut]:
     """Lists the audit trail, newest first, one record per state-changing request and per refusal. Filter by principal,
-    exact action (`METHOD /path`), object id, outcome and a time range (`since` inclusive, `until` exclusive);
+    token, exact action (`METHOD /path`), object id, outcome and a time range (`since` inclusive, `until` exclusive);
     cursor-paginated.
     """
     query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit + 1)
     for column, value in (
         (AuditRecord.principal_id, principal_id),
+        (AuditRecord.token_id, token_id),
         (AuditRecord.action, action),
         (AuditRecord.object_id, object_id),
         (AuditRecord.outcome, outcome),

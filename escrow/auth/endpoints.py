@@ -89,17 +89,21 @@ async def create_regulator_token(data: JSONBody[RegulatorTokenCreate], db_sessio
 
 @post(
     "/v1/tokens/{token_id:str}/rotate",
-    guards=[requires(*ANYONE_SIGNED_IN, own=("bank", "merchant", "consumer"))],
+    # everyone rotates only its own tokens: a new secret is shown to nobody but the party it belongs to
+    guards=[requires(*ANYONE_SIGNED_IN, own=ANYONE_SIGNED_IN)],
     opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
     tags=TAGS,
-    summary="Replace a token's secret; the old one fails at once",
+    summary="Replace an own token's secret; the old one fails at once",
     responses=problem_responses(401, 404, 409),
 )
 async def rotate_token(
     token_id: Annotated[str, path_id("token")], db_session: DbSession, principal: PrincipalDep
 ) -> TokenIssued:
     """Gives the token a new secret, shown in this response only; the old secret stops working at once. A revoked token
-    can't be rotated (409 `conflict`); a replay is refused with 409 `secret_already_issued`.
+    can't be rotated (409 `conflict`); a replay is refused with 409 `secret_already_issued`. Only the token's own
+    principal may rotate it (others' tokens are answered 404, the regulator's calls included): the regulator revokes
+    another party's token and issues a bank or merchant a new one with POST /v1/banks/{id}/tokens or
+    POST /v1/merchants/{id}/tokens.
     """
     token, secret = await tokens.rotate(db_session, principal, token_id)
     return TokenIssued(token=TokenOut.model_validate(token), secret=secret)
@@ -120,3 +124,51 @@ async def revoke_token(
     token changes nothing.
     """
     return TokenOut.model_validate(await tokens.revoke(db_session, principal, token_id))
+
+
+class PartyTokenCreate(RequestModel):
+    """A new token for a bank or merchant, for instance after the regulator revoked a leaked one."""
+
+    name: str = Field(min_length=1, max_length=200, description="What the token is for, e.g. 'reissued after leak'.")
+
+
+async def _issue_party_token(db_session: DbSession, role: str, principal_id: str, name: str) -> TokenIssued:
+    token, secret = await tokens.issue_party_token(db_session, role, principal_id, name)
+    return TokenIssued(token=TokenOut.model_validate(token), secret=secret)
+
+
+@post(
+    "/v1/merchants/{merchant_id:str}/tokens",
+    guards=[requires("regulator")],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
+    tags=TAGS,
+    summary="Issue a merchant a new token (audited)",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def issue_merchant_token(
+    merchant_id: Annotated[str, path_id("merchant")], data: JSONBody[PartyTokenCreate], db_session: DbSession
+) -> TokenIssued:
+    """Issues the merchant a new token, for instance after its old one was revoked; the secret is in this response
+    only (a replay is refused with 409 `secret_already_issued`) and the call is audited with the acting token. This is
+    the one way the regulator gives a merchant a secret: it may not rotate a merchant's token (404).
+    """
+    return await _issue_party_token(db_session, "merchant", merchant_id, data.name)
+
+
+@post(
+    "/v1/banks/{bank_id:str}/tokens",
+    guards=[requires("regulator")],
+    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
+    tags=TAGS,
+    summary="Issue a bank a new token (audited)",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def issue_bank_token(
+    bank_id: Annotated[str, path_id("bank")], data: JSONBody[PartyTokenCreate], db_session: DbSession
+) -> TokenIssued:
+    """Issues the bank a new token (its request-signing secret is unchanged), for instance after its old one was
+    revoked; the secret is in this response only (a replay is refused with 409 `secret_already_issued`) and the call
+    is audited with the acting token. This is the one way the regulator gives a bank a secret: it may not rotate a
+    bank's token (404).
+    """
+    return await _issue_party_token(db_session, "bank", bank_id, data.name)

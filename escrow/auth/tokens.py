@@ -123,9 +123,26 @@ async def revoke(session: AsyncSession, principal: Principal, token_id: str) -> 
 
 
 async def rotate(session: AsyncSession, principal: Principal, token_id: str) -> tuple[ApiToken, str]:
-    """A new secret for the same principal; the old token stops working at once."""
-    token = await _visible_token(session, principal, token_id)
+    """A new secret for the same principal; the old token stops working at once.
+
+    A new secret is shown only to the party the token belongs to: every principal, the regulator included, rotates
+    only its own tokens (others' are answered 404). The regulator may revoke anyone's token, and gives a bank or
+    merchant a new one only through the explicit, audited ``POST /v1/banks/{id}/tokens`` and
+    ``POST /v1/merchants/{id}/tokens``; a consumer signs in again."""
+    token = await session.get(ApiToken, token_id, with_for_update=True)
+    if token is None or token.principal_id != principal.id:
+        raise NotFound(f"no token {token_id} of yours")
     if token.revoked_at is not None:
         raise Conflict(f"token {token_id} is revoked; a revoked token can't be rotated")
     token.revoked_at = func.now()
     return await issue_token(session, token.role, token.name, principal_id=token.principal_id)
+
+
+async def issue_party_token(session: AsyncSession, role: str, principal_id: str, name: str) -> tuple[ApiToken, str]:
+    """A new token for an existing bank or merchant (the regulator's explicit, audited issuing call)."""
+    from escrow.models import Bank, Merchant
+
+    model = {"bank": Bank, "merchant": Merchant}[role]
+    if await session.get(model, principal_id) is None:
+        raise NotFound(f"no {role} {principal_id}")
+    return await issue_token(session, role, name, principal_id=principal_id)

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from litestar import Request, Response, get, post
+from litestar import Request, get, post
 from litestar.params import JSONBody
 
 from escrow.auth.guards import requires
@@ -10,28 +10,32 @@ from escrow.consumers.schemas import (
     ConsumerRegister,
     ConsumerTokenIssued,
     ConsumerTokenRequest,
-    SignInCode,
+    SignInCodeRequest,
+    SignInCodeSent,
 )
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import problem_responses
+from escrow.kit.crypto import mask_phone
 from escrow.kit.params import path_id
+from escrow.unit_of_work import after_commit
 
 TAGS = ["consumers"]
 
 
 @post(
     "/v1/consumers",
-    guards=[requires("merchant", "regulator")],
+    guards=[requires("merchant")],
     tags=TAGS,
-    summary="Find or register a consumer by phone (at the point of sale)",
-    description="201 when the consumer is new, 200 when found. The phone number is kept only as a keyed hash.",
+    status_code=201,
+    summary="Register a consumer by phone at the point of sale",
+    description="Always 201, with a body that depends only on this merchant's link to the consumer: whether the phone "
+    "is known elsewhere is not told. The phone number is kept only as a keyed hash and a masked form.",
     responses=problem_responses(401, 403, 422),
 )
 async def register_consumer(
     data: JSONBody[ConsumerRegister], db_session: DbSession, keyring: KeyringDep, principal: PrincipalDep
-) -> Response[ConsumerOut]:
-    consumer, created = await service.register(db_session, keyring, principal, data.phone)
-    return Response(ConsumerOut.model_validate(consumer), status_code=201 if created else 200)
+) -> ConsumerOut:
+    return ConsumerOut.model_validate(await service.register(db_session, keyring, principal, data.phone))
 
 
 @get(
@@ -49,25 +53,29 @@ async def get_consumer(
 
 
 @post(
-    "/v1/consumers/{consumer_id:str}/codes",
-    guards=[requires("merchant", "regulator", own=("merchant",))],
-    opt={"secret_response": True},  # shown once: a replay is refused rather than answered from storage
+    "/v1/consumer-codes",
     tags=TAGS,
-    summary="Issue a one-time sign-in code (a deployment sends it by SMS)",
-    responses=problem_responses(401, 403, 404),
+    status_code=202,
+    summary="Send a one-time sign-in code to a phone by SMS",
+    responses=problem_responses(422, 429),
 )
-async def issue_sign_in_code(
-    consumer_id: Annotated[str, path_id("consumer")],
+async def send_sign_in_code(
+    data: JSONBody[SignInCodeRequest],
+    request: Request,
     db_session: DbSession,
     settings: SettingsDep,
     keyring: KeyringDep,
-    principal: PrincipalDep,
-) -> SignInCode:
-    """Issues a one-time six-digit sign-in code for the consumer, valid for ESCROW_CONSUMER_CODE_TTL_SECONDS, replacing
-    any code still open. The code is in this response only; a replay is refused with 409 `secret_already_issued`.
+) -> SignInCodeSent:
+    """Sends a new six-digit sign-in code by SMS to the phone (replacing any code still open), valid for
+    ESCROW_CONSUMER_CODE_TTL_SECONDS. The code is never in any response, and the answer is the same whether the phone
+    is a consumer yet or not (it becomes one when it signs in). At most ESCROW_CONSUMER_CODES_PER_PHONE_PER_HOUR
+    codes per phone and ESCROW_CONSUMER_CODES_PER_ADDRESS_PER_HOUR per client address: beyond, 429 `too_many_codes`
+    with Retry-After. Anonymous; idempotent with its Idempotency-Key (a replay sends nothing more).
     """
-    code, expires_at = await service.issue_code(db_session, settings, keyring, principal, consumer_id)
-    return SignInCode(code=code, expires_at=expires_at)
+    address = (request.scope.get("client") or ("unknown", 0))[0]
+    await service.send_code(db_session, request.app.state.sessionmaker, settings, keyring, data.phone, address)
+    after_commit(request.scope, request.app.state.sms_dispatcher.wake)  # deliver now; the jobs are the fallback
+    return SignInCodeSent(sent_to=mask_phone(data.phone), expires_in_seconds=settings.consumer_code_ttl_seconds)
 
 
 @post(
@@ -85,7 +93,8 @@ async def sign_in_consumer(
     settings: SettingsDep,
     keyring: KeyringDep,
 ) -> ConsumerTokenIssued:
-    """Exchanges the consumer's phone number and one-time code for a consumer token. A wrong, used or expired code is
+    """Exchanges the phone number and the one-time code sent to it (POST /v1/consumer-codes) for a consumer token; a
+    phone that is not a consumer yet becomes one now. A wrong, used or expired code is
     refused with 401 `invalid_code`, and every try spends one of the code's ESCROW_CONSUMER_CODE_ATTEMPTS; the
     request is not idempotent (the code is single-use).
     """

@@ -27,16 +27,23 @@ class ConsumerOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: str
+    id: str = Field(description="The consumer's id (random: it tells nothing of when the consumer was created).")
     phone_masked: str
-    created_at: datetime
+    created_at: datetime = Field(
+        description="For a merchant, when it registered this consumer at its point of sale; for the consumer and "
+        "the regulator, when the consumer was created."
+    )
 
 
-class SignInCode(BaseModel):
-    """A one-time sign-in code, shown once."""
+class SignInCodeRequest(ConsumerRegister):
+    """A request for a one-time sign-in code, sent by SMS to the phone."""
 
-    code: str = Field(description="Six-digit one-time code; a deployment sends it to the phone by SMS instead.")
-    expires_at: datetime
+
+class SignInCodeSent(BaseModel):
+    """The answer to a code request: the same whether the phone is known or not, and never the code."""
+
+    sent_to: str = Field(description="The phone the code is sent to, masked.", examples=["138****5678"])
+    expires_in_seconds: int = Field(description="How long the code is valid once sent.")
 
 
 class ConsumerTokenRequest(ConsumerRegister):

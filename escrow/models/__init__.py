@@ -20,6 +20,7 @@ from escrow.models.party import (
     ConsumerLink,
     EscrowAccount,
     Merchant,
+    RateCount,
 )
 from escrow.models.reconciliation import (
     BankStatement,
@@ -29,6 +30,7 @@ from escrow.models.reconciliation import (
     ReconciliationBreak,
     ReconciliationMatch,
 )
+from escrow.models.sms import SmsOutbox, SmsSink
 from escrow.models.token import ApiToken
 
 __all__ = [
@@ -56,10 +58,13 @@ __all__ = [
     "JobRun",
     "Merchant",
     "Plan",
+    "RateCount",
     "ReconciliationAccount",
     "ReconciliationBreak",
     "ReconciliationMatch",
     "Refund",
+    "SmsOutbox",
+    "SmsSink",
     "TakeoverDecision",
     "UnappliedDeposit",
 ]

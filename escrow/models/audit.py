@@ -16,6 +16,7 @@ class AuditRecord(Base):
     at: Mapped[datetime] = mapped_column(server_default=text("now()"), index=True)
     principal_id: Mapped[str | None] = mapped_column(String(40), index=True)
     role: Mapped[str | None] = mapped_column(String(20))
+    token_id: Mapped[str | None] = mapped_column(String(40), index=True)  # the token that acted
     action: Mapped[str] = mapped_column(String(200), index=True)  # e.g. "POST /v1/escrow-accounts/{id}/activate"
     object_id: Mapped[str | None] = mapped_column(String(80), index=True)
     request_id: Mapped[str | None] = mapped_column(String(128))

@@ -2,7 +2,7 @@
 
 from datetime import date, datetime
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, SmallInteger, String, text
+from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, Integer, SmallInteger, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from escrow.models.base import Base
@@ -93,7 +93,7 @@ class Consumer(Base):
 
 
 class ConsumerLink(Base):
-    """A merchant met this consumer at its point of sale (and may therefore issue it sign-in codes)."""
+    """A merchant met this consumer at its point of sale (and may therefore sell to them and see them)."""
 
     __tablename__ = "consumer_links"
 
@@ -103,14 +103,15 @@ class ConsumerLink(Base):
 
 
 class ConsumerCode(Base):
-    """A one-time sign-in code (a deployment sends it by SMS); stored hashed, a few attempts, then burnt."""
+    """A one-time sign-in code sent by SMS to a phone (known as a consumer or not yet): stored hashed, a few
+    attempts, then burnt. An unknown phone becomes a consumer only when it signs in with a valid code."""
 
     __tablename__ = "consumer_codes"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    consumer_id: Mapped[str] = mapped_column(ForeignKey("consumers.id"), index=True)
+    phone_hash: Mapped[str] = mapped_column(String(64), index=True)  # the phone's look-up hash
     code_hash: Mapped[str] = mapped_column(String(64))
-    issued_by: Mapped[str] = mapped_column(String(40))
+    issued_by: Mapped[str] = mapped_column(String(40))  # "sms": codes are only ever sent to the phone
     attempts: Mapped[int] = mapped_column(SmallInteger, server_default="0")
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
@@ -125,3 +126,15 @@ class BankNonce(Base):
     bank_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(server_default=text("now()"), index=True)
+
+
+class RateCount(Base):
+    """Requests counted per kind (``code_phone``, ``code_address``), key (a look-up hash) and fixed window, in the
+    database so that a limit holds across workers and restarts."""
+
+    __tablename__ = "rate_counts"
+
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True, index=True)
+    count: Mapped[int] = mapped_column(Integer, server_default="0")
