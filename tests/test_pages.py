@@ -19,6 +19,7 @@ from tests.parties import (
     open_escrow_account,
     regulator_token,
     sell_and_pay,
+    sms_code_for,
 )
 
 
@@ -98,7 +99,7 @@ class TestConsumerPages:
         merchant = await onboard_merchant(client, regulator, "Other gym")
         _, stranger = await consumer_token(client, merchant, "13900000012")
         response = await client.get(f"/app/cards/{shop['card_id']}", headers=signed_in(app, stranger))
-        assert response.status_code == 200 and 'role="alert"' in response.text
+        assert response.status_code == 404 and 'role="alert"' in response.text
         assert "晨光健身" not in response.text and "¥" not in response.text  # nothing of the card
 
     @pytest.mark.parametrize("card_id", ["%00", "x" * 300, "card_%E2%80%AE", "..%2F..%2Fetc"])
@@ -132,7 +133,7 @@ class TestCounterPage:
             headers={"x-csrftoken": csrf, "cookie": f"escrow_csrf={csrf_cookie}"},
         )
         assert (
-            wrong.status_code == 200
+            wrong.status_code == 401
             and 'role="alert"' in wrong.text
             and COOKIE not in wrong.headers.get("set-cookie", "")
         )
@@ -175,3 +176,27 @@ async def test_the_presence_panel_shows_the_code_and_its_qr(
     code = re.search(r"data-presence-code>(\d{6})<", panel.text).group(1)
     api = await client.get(f"/v1/cards/{shop['card_id']}/presence-code", headers=bearer(shop["consumer"]))
     assert api.json()["code"] == code
+
+
+async def test_a_consumer_signs_in_on_the_page_with_the_code_sent_to_the_phone(
+    client: httpx.AsyncClient, app: Litestar, session: AsyncSession
+) -> None:
+    page = await client.get("/app/sign-in")
+    csrf, csrf_cookie = csrf_of(page)
+    headers = {"x-csrftoken": csrf, "cookie": f"escrow_csrf={csrf_cookie}"}
+    bad = await client.post("/app/sign-in/code", data={"phone": "12345"}, headers={**headers, **key()})
+    assert bad.status_code == 422 and 'role="alert"' in bad.text
+    sent = await client.post("/app/sign-in/code", data={"phone": "13900000031"}, headers={**headers, **key()})
+    assert sent.status_code == 200 and 'name="code"' in sent.text, sent.text
+    code = await sms_code_for(session, "13900000031")
+    assert code not in sent.text  # the code goes to the phone only
+    wrong = await client.post(
+        "/app/sign-in",
+        data={"phone": "13900000031", "code": "000000" if code != "000000" else "111111"},
+        headers=headers,
+    )
+    assert wrong.status_code == 422 and COOKIE not in wrong.headers.get("set-cookie", "")
+    signed = await client.post("/app/sign-in", data={"phone": "13900000031", "code": code}, headers=headers)
+    assert signed.status_code == 200 and signed.headers["hx-redirect"] == "/app/cards", signed.text
+    cards = await client.get("/app/cards", headers={"cookie": f"{COOKIE}={signed.cookies[COOKIE]}"})
+    assert cards.status_code == 200 and "我的预付卡" in cards.text

@@ -15,6 +15,7 @@ from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import ResponseHeader
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
+from pydantic import ValidationError
 
 from escrow.auth.tokens import Unauthenticated
 from escrow.config import Settings
@@ -80,6 +81,10 @@ def router() -> Router:
             ResponseHeader(name="Cache-Control", value="no-store"),
             ResponseHeader(name="Referrer-Policy", value="same-origin"),
         ],
-        exception_handlers={Unauthenticated: consumer.unauthenticated, EscrowError: consumer.refused},
+        exception_handlers={
+            Unauthenticated: consumer.unauthenticated,
+            EscrowError: consumer.refused,
+            ValidationError: consumer.invalid,
+        },
         include_in_schema=False,
     )

@@ -11,20 +11,23 @@ from typing import Annotated, Any
 from litestar import Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from escrow.auth.guards import requires
 from escrow.auth.tokens import Unauthenticated
 from escrow.cards import endpoints as card_api
 from escrow.closures import endpoints as closure_api
+from escrow.consumers import endpoints as consumer_api
+from escrow.consumers.schemas import ConsumerTokenRequest, SignInCodeRequest
 from escrow.consumptions import endpoints as consumption_api
 from escrow.consumptions.schemas import Dispute
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
-from escrow.errors import EscrowError
+from escrow.errors import EscrowError, FieldInvalid, pydantic_field_errors
 from escrow.kit.money import Money
 from escrow.kit.params import path_id
 from escrow.pages import i18n
-from escrow.pages.session import cleared_cookie
+from escrow.pages.session import cleared_cookie, session_cookie
 from escrow.refunds import endpoints as refund_api
 from escrow.refunds.schemas import RefundRequest
 
@@ -54,6 +57,51 @@ async def _names(db_session: Any, card_ids: list[str]) -> dict[str, tuple[str, s
         {"ids": card_ids},
     )
     return {row.id: (row.merchant, row.plan) for row in rows}
+
+
+SESSION_SECONDS = 30 * 24 * 3600  # a consumer stays signed in on the phone for a month, or until signing out
+
+
+@get("/app/sign-in", include_in_schema=False)
+async def sign_in_page(request: Request) -> Template:
+    return Template("consumer/sign_in.html", context=context(request))
+
+
+@post("/app/sign-in/code", include_in_schema=False, status_code=200, opt={"page_form": True})
+async def send_code_page(
+    request: Request, db_session: DbSession, settings: SettingsDep, keyring: KeyringDep
+) -> Template:
+    """Sends the code by SMS, exactly as POST /v1/consumer-codes does (same limits, same answer for any phone)."""
+    form = await request.form()
+    phone = str(form.get("phone") or "")
+    await consumer_api.send_sign_in_code.fn(
+        data=SignInCodeRequest(phone=phone), request=request, db_session=db_session, settings=settings, keyring=keyring
+    )
+    return Template("consumer/enter_code.html", context=context(request, phone=phone))
+
+
+@post(
+    "/app/sign-in",
+    include_in_schema=False,
+    status_code=200,
+    # like POST /v1/consumer-tokens: the single-use code is the guard, and the answer (a session) is never stored
+    opt={"idempotent": False, "auth_attempt": True, "page_form": True},
+)
+async def sign_in(request: Request, db_session: DbSession, settings: SettingsDep, keyring: KeyringDep) -> Response:
+    form = await request.form()
+    try:
+        issued = await consumer_api.sign_in_consumer.fn(
+            data=ConsumerTokenRequest(phone=str(form.get("phone") or ""), code=str(form.get("code") or "")),
+            request=request,
+            db_session=db_session,
+            settings=settings,
+            keyring=keyring,
+        )
+    except Unauthenticated as exc:  # a wrong code is said on the form, not answered with the sign-in page again
+        raise FieldInvalid("code", exc.detail, rule=exc.code) from exc
+    response = Response(content="", status_code=200, headers={"HX-Redirect": "/app/cards"})
+    response.set_cookie(session_cookie(keyring, issued.token, max_age=SESSION_SECONDS))
+    return response
 
 
 @get("/app", include_in_schema=False)
@@ -207,13 +255,23 @@ def unauthenticated(request: Request, _: Unauthenticated) -> Response:
     return Redirect(target)
 
 
+def invalid(request: Request, exc: ValidationError) -> Template:
+    """A form field the API's model refuses, shown like any refusal."""
+    errors = pydantic_field_errors(exc)
+    return refused(request, FieldInvalid(errors[0]["field"], errors[0]["message"], rule=errors[0]["rule"]))
+
+
 def refused(request: Request, exc: EscrowError) -> Template:
-    """A refusal shown on the page, in a sentence (htmx swaps 200 answers only); a whole page when one was asked."""
+    """A refusal shown on the page, in a sentence; a whole page when one was asked. Its status stays the refusal's
+    (so the unit of work rolls the request back, as for the API); the pages' htmx swaps 4xx answers too."""
     full = not request.headers.get("hx-request")
-    return Template("refused.html", context=context(request, problem=exc, full=full), status_code=200)
+    return Template("refused.html", context=context(request, problem=exc, full=full), status_code=exc.status)
 
 
 ROUTES = [
+    sign_in_page,
+    send_code_page,
+    sign_in,
     home,
     cards_page,
     card_page,

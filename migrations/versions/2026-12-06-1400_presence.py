@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_presence"
-down_revision: str | None = "0008_closure_figures"
+down_revision: str | None = "0009_consumer_channel"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
