@@ -41,7 +41,7 @@ async def shop(client: httpx.AsyncClient, session: AsyncSession) -> dict:
         f"/v1/cards/{card_id}/consumptions", json={"sessions": 1}, headers={**bearer(merchant.token), **key()}
     )
     assert recorded.status_code == 201, recorded.text
-    return {"consumer": consumer, "card_id": card_id, "service_id": recorded.json()["id"]}
+    return {"consumer": consumer, "card_id": card_id, "service_id": recorded.json()["id"], "merchant": merchant.token}
 
 
 class TestConsumerPages:
@@ -200,3 +200,37 @@ async def test_a_consumer_signs_in_on_the_page_with_the_code_sent_to_the_phone(
     assert signed.status_code == 200 and signed.headers["hx-redirect"] == "/app/cards", signed.text
     cards = await client.get("/app/cards", headers={"cookie": f"{COOKIE}={signed.cookies[COOKIE]}"})
     assert cards.status_code == 200 and "我的预付卡" in cards.text
+
+
+async def test_the_counter_records_a_service_with_the_presence_code(
+    client: httpx.AsyncClient, app: Litestar, session: AsyncSession, shop: dict
+) -> None:
+    merchant_token = shop["merchant"]
+    code = (await client.get(f"/v1/cards/{shop['card_id']}/presence-code", headers=bearer(shop["consumer"]))).json()
+    page = await client.get("/counter", headers=signed_in(app, merchant_token))
+    assert page.status_code == 200, page.text
+    csrf, csrf_cookie = csrf_of(page)
+    headers = {**signed_in(app, merchant_token), "x-csrftoken": csrf}
+    headers["cookie"] += f"; escrow_csrf={csrf_cookie}"
+    recorded = await client.post(
+        "/counter/services",
+        data={"card_id": shop["card_id"], "units": "1", "presence_code": code["code"]},
+        headers={**headers, **key()},
+    )
+    assert recorded.status_code == 200, recorded.text
+    assert 'data-service-status="confirmed"' in recorded.text
+
+
+async def test_every_consumer_page_renders_for_a_real_card(
+    client: httpx.AsyncClient, app: Litestar, shop: dict
+) -> None:
+    session = signed_in(app, shop["consumer"])
+    for path in (
+        "/app/cards",
+        f"/app/cards/{shop['card_id']}",
+        f"/app/cards/{shop['card_id']}/refund",
+        "/app/closures",
+    ):
+        response = await client.get(path, headers=session)
+        assert response.status_code in (200, 409), (path, response.text)
+        assert "<html" in response.text, path

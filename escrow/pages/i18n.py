@@ -66,6 +66,8 @@ _WORDS: dict[str, dict[str, str]] = {
     "error": {"zh": "操作未成功", "en": "That did not work"},
     "language": {"zh": "English", "en": "中文"},
     "counter": {"zh": "收银台", "en": "Counter"},
+    "paid": {"zh": "已付", "en": "Paid"},
+    "delivered": {"zh": "已消费（计价）", "en": "Delivered (as charged)"},
     "merchant_token": {"zh": "商户 API 令牌", "en": "Merchant API token"},
     "sell": {"zh": "售卡", "en": "Sell a card"},
     "record_service": {"zh": "登记服务", "en": "Record a service"},
@@ -95,6 +97,12 @@ _STATUS: dict[str, dict[str, str]] = {
     "instructed": {"zh": "银行处理中", "en": "with the bank"},
     "paid": {"zh": "已退回", "en": "paid"},
     "rejected": {"zh": "已拒绝", "en": "rejected"},
+    # the card's history (journal entry kinds, with held / released / voided for services)
+    "card_paid": {"zh": "付款存入托管", "en": "paid into custody"},
+    "consumption_held": {"zh": "服务待确认", "en": "service awaiting confirmation"},
+    "consumption_released": {"zh": "服务确认，划拨商户", "en": "service confirmed, released to the shop"},
+    "consumption_voided": {"zh": "服务撤销，退回卡内", "en": "service voided, back on the card"},
+    "refund": {"zh": "退款", "en": "refund"},
 }
 
 

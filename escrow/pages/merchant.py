@@ -130,7 +130,9 @@ async def sell(
 
 
 @post("/counter/services", status_code=200, **FORM)
-async def record(request: Request, db_session: DbSession, principal: PrincipalDep, settings: SettingsDep) -> Template:
+async def record(
+    request: Request, db_session: DbSession, principal: PrincipalDep, settings: SettingsDep, keyring: KeyringDep
+) -> Template:
     form = await request.form()
     card_id = str(form.get("card_id") or "").strip()
     fields: dict[str, Any] = {}
@@ -144,7 +146,7 @@ async def record(request: Request, db_session: DbSession, principal: PrincipalDe
         fields["presence_code"] = presence
     data = ConsumptionCreate(**fields)
     recorded = await consumption_api.record_consumption.fn(
-        card_id=card_id, data=data, db_session=db_session, principal=principal, settings=settings
+        card_id=card_id, data=data, db_session=db_session, principal=principal, settings=settings, keyring=keyring
     )
     return Template("merchant/recorded.html", context=context(request, service=recorded))
 
