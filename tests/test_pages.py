@@ -1,14 +1,17 @@
 """The consumer's pages, through the app: the session cookie, CSRF on forms, the CSP, and the figures the API shows."""
 
 import re
+from datetime import timedelta
 
 import httpx
 import pytest
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from escrow.kit.clock import utcnow
 from escrow.pages import CONTENT_SECURITY_POLICY, yuan
 from escrow.pages.session import COOKIE, session_cookie
+from tests.closing import order_closure
 from tests.parties import (
     bearer,
     consumer_token,
@@ -234,3 +237,30 @@ async def test_every_consumer_page_renders_for_a_real_card(
         response = await client.get(path, headers=session)
         assert response.status_code in (200, 409), (path, response.text)
         assert "<html" in response.text, path
+
+
+async def test_a_takeover_offered_is_answered_on_the_card_page(
+    client: httpx.AsyncClient, app: Litestar, session: AsyncSession, shop: dict
+) -> None:
+    regulator = await regulator_token(session)
+    successor = await onboard_merchant(client, regulator, "新晨光健身")
+    await open_escrow_account(client, successor, await onboard_bank(client, regulator, "SUCC"))
+    card = (await client.get(f"/v1/cards/{shop['card_id']}", headers=bearer(shop["consumer"]))).json()
+    closure = await order_closure(client, regulator, card["merchant_id"], "the owner retires")
+    proposed = await client.post(
+        f"/v1/closures/{closure['id']}/takeover",
+        json={"successor_merchant_id": successor.id, "deadline": (utcnow() + timedelta(days=10)).isoformat()},
+        headers={**bearer(regulator), **key()},
+    )
+    assert proposed.status_code == 200, proposed.text
+    consumer = signed_in(app, shop["consumer"])
+    page = await client.get(f"/app/cards/{shop['card_id']}", headers=consumer)
+    assert "data-takeover" in page.text and "新晨光健身" in page.text
+    csrf, csrf_cookie = csrf_of(page)
+    headers = {"x-csrftoken": csrf, "cookie": f"{consumer['cookie']}; escrow_csrf={csrf_cookie}"}
+    answered = await client.post(
+        f"/app/cards/{shop['card_id']}/takeover", data={"decision": "accept"}, headers={**headers, **key()}
+    )
+    assert answered.status_code == 200, answered.text
+    again = await client.get(f"/app/cards/{shop['card_id']}", headers=consumer)
+    assert 'data-takeover-decision="accept"' in again.text

@@ -18,6 +18,7 @@ from escrow.auth.guards import requires
 from escrow.auth.tokens import Unauthenticated
 from escrow.cards import endpoints as card_api
 from escrow.closures import endpoints as closure_api
+from escrow.closures.schemas import TakeoverAnswer
 from escrow.consumers import endpoints as consumer_api
 from escrow.consumers.schemas import ConsumerTokenRequest, SignInCodeRequest
 from escrow.consumptions import endpoints as consumption_api
@@ -129,10 +130,39 @@ async def card_page(
     )
     refunds = [r for r in await _my_refunds(db_session, request, principal) if r.card_id == card_id]
     names = await _names(db_session, [card_id])
+    takeover = await _takeover_offer(db_session, card.merchant_id, card_id)
     return Template(
         "consumer/card.html",
-        context=context(request, card=card, history=history.items, refunds=refunds, names=names),
+        context=context(request, card=card, history=history.items, refunds=refunds, names=names, takeover=takeover),
     )
+
+
+async def _takeover_offer(db_session: Any, merchant_id: str, card_id: str) -> Any:
+    """The takeover proposed for the card's closing merchant, open until its deadline, with any answer given."""
+    row = await db_session.execute(
+        text(
+            "SELECT c.takeover_deadline AS deadline, s.name AS successor, d.decision"
+            " FROM closures c JOIN merchants s ON s.id = c.successor_merchant_id"
+            " LEFT JOIN takeover_decisions d ON d.closure_id = c.id AND d.card_id = :card"
+            " WHERE c.merchant_id = :merchant AND c.status IN ('announced', 'frozen') AND c.takeover_deadline > now()"
+        ),
+        {"merchant": merchant_id, "card": card_id},
+    )
+    return row.first()
+
+
+@post("/app/cards/{card_id:str}/takeover", status_code=200, **FORM)
+async def answer_takeover_page(
+    request: Request, card_id: Annotated[str, path_id("card")], db_session: DbSession, principal: PrincipalDep
+) -> Response:
+    form = await request.form()
+    await closure_api.answer_takeover.fn(
+        card_id=card_id,
+        data=TakeoverAnswer(decision=str(form.get("decision") or "")),
+        db_session=db_session,
+        principal=principal,
+    )
+    return Response(content="", status_code=200, headers={"HX-Redirect": f"/app/cards/{card_id}"})
 
 
 async def _my_refunds(db_session: Any, request: Request, principal: Any) -> list[Any]:
@@ -276,6 +306,7 @@ ROUTES = [
     cards_page,
     card_page,
     presence_panel,
+    answer_takeover_page,
     confirm_service,
     dispute_service,
     refund_page,
