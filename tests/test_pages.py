@@ -264,3 +264,26 @@ async def test_a_takeover_offered_is_answered_on_the_card_page(
     assert answered.status_code == 200, answered.text
     again = await client.get(f"/app/cards/{shop['card_id']}", headers=consumer)
     assert 'data-takeover-decision="accept"' in again.text
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/counter/services", {"card_id": "card_\x00", "units": "1"}),
+        ("/counter/services", {"card_id": "x" * 600, "units": "1"}),
+        ("/counter/services", {"card_id": "card_1", "units": "99999999999"}),
+        ("/counter/sales", {"phone": "1390000\x00", "plan_id": "pln_1"}),
+        ("/counter/sales", {"phone": "13900000041", "plan_id": "../etc"}),
+    ],
+)
+async def test_hostile_form_fields_are_refused(
+    client: httpx.AsyncClient, app: Litestar, shop: dict, path: str, form: dict
+) -> None:
+    page = await client.get("/counter", headers=signed_in(app, shop["merchant"]))
+    csrf, csrf_cookie = csrf_of(page)
+    headers = {
+        "x-csrftoken": csrf,
+        "cookie": f"{signed_in(app, shop['merchant'])['cookie']}; escrow_csrf={csrf_cookie}",
+    }
+    response = await client.post(path, data=form, headers={**headers, **key()})
+    assert 400 <= response.status_code < 500 and 'role="alert"' in response.text, response.text

@@ -5,6 +5,7 @@ Each page shows what the API answers: it calls the API's own handlers with the s
 on a page and in the API can't differ.
 """
 
+import re
 import secrets
 from typing import Annotated, Any
 
@@ -26,7 +27,7 @@ from escrow.consumptions.schemas import Dispute
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import EscrowError, FieldInvalid, pydantic_field_errors
 from escrow.kit.money import Money
-from escrow.kit.params import path_id
+from escrow.kit.params import ID_MAX_LENGTH, ID_PATTERN, path_id
 from escrow.pages import i18n
 from escrow.pages.session import cleared_cookie, session_cookie
 from escrow.refunds import endpoints as refund_api
@@ -35,6 +36,24 @@ from escrow.refunds.schemas import RefundRequest
 CONSUMER = [requires("consumer")]
 PAGE = {"include_in_schema": False, "guards": CONSUMER}
 FORM = {**PAGE, "opt": {"page_form": True}}
+
+
+MAX_FIELD = 500
+
+
+async def read_form(request: Request, ids: tuple[str, ...] = ()) -> dict[str, str]:
+    """A form's fields as text, checked as the API's edge checks JSON: no NUL (PostgreSQL text can't hold it), at
+    most MAX_FIELD characters, and the fields named in ``ids`` shaped as our ids."""
+    values = {name: str(value).strip() for name, value in (await request.form()).items()}
+    for name, value in values.items():
+        if "\x00" in value:
+            raise FieldInvalid(name, "must not contain the NUL character", rule="no_nul")
+        if len(value) > MAX_FIELD:
+            raise FieldInvalid(name, f"must be at most {MAX_FIELD} characters", rule="string_too_long")
+    for name in ids:
+        if not re.fullmatch(ID_PATTERN, values.get(name, "")) or len(values[name]) > ID_MAX_LENGTH:
+            raise FieldInvalid(name, "is not an id (such as card_01J…)", rule="pattern")
+    return values
 
 
 def context(request: Request, **values: Any) -> dict[str, Any]:
@@ -73,7 +92,7 @@ async def send_code_page(
     request: Request, db_session: DbSession, settings: SettingsDep, keyring: KeyringDep
 ) -> Template:
     """Sends the code by SMS, exactly as POST /v1/consumer-codes does (same limits, same answer for any phone)."""
-    form = await request.form()
+    form = await read_form(request)
     phone = str(form.get("phone") or "")
     await consumer_api.send_sign_in_code.fn(
         data=SignInCodeRequest(phone=phone), request=request, db_session=db_session, settings=settings, keyring=keyring
@@ -89,7 +108,7 @@ async def send_code_page(
     opt={"idempotent": False, "auth_attempt": True, "page_form": True},
 )
 async def sign_in(request: Request, db_session: DbSession, settings: SettingsDep, keyring: KeyringDep) -> Response:
-    form = await request.form()
+    form = await read_form(request)
     try:
         issued = await consumer_api.sign_in_consumer.fn(
             data=ConsumerTokenRequest(phone=str(form.get("phone") or ""), code=str(form.get("code") or "")),
@@ -155,7 +174,7 @@ async def _takeover_offer(db_session: Any, merchant_id: str, card_id: str) -> An
 async def answer_takeover_page(
     request: Request, card_id: Annotated[str, path_id("card")], db_session: DbSession, principal: PrincipalDep
 ) -> Response:
-    form = await request.form()
+    form = await read_form(request)
     await closure_api.answer_takeover.fn(
         card_id=card_id,
         data=TakeoverAnswer(decision=str(form.get("decision") or "")),
@@ -212,7 +231,7 @@ async def dispute_service(
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> Template:
-    form = await request.form()
+    form = await read_form(request)
     reason = str(form.get("reason") or "").strip() or "—"
     done = await consumption_api.dispute_consumption.fn(
         consumption_id=consumption_id,
@@ -246,7 +265,7 @@ async def request_refund_page(
     principal: PrincipalDep,
     settings: SettingsDep,
 ) -> Response:
-    form = await request.form()
+    form = await read_form(request)
     try:
         expected = int(str(form.get("expected_amount", "")))
     except ValueError:

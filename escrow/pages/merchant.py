@@ -24,7 +24,7 @@ from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import FieldInvalid
 from escrow.escrow_accounts import endpoints as account_api
 from escrow.kit.clock import business_date
-from escrow.pages.consumer import context
+from escrow.pages.consumer import context, read_form
 from escrow.pages.session import cleared_cookie, session_cookie
 from escrow.payouts import endpoints as payout_api
 from escrow.plans import endpoints as plan_api
@@ -54,7 +54,7 @@ async def counter_sign_in_page(request: Request) -> Template:
     opt={"idempotent": False, "auth_attempt": True},
 )
 async def counter_sign_in(request: Request, db_session: DbSession, keyring: KeyringDep) -> Response:
-    form = await request.form()
+    form = await read_form(request)
     try:
         principal = await tokens.authenticate(db_session, f"Bearer {str(form.get('token') or '').strip()}")
     except tokens.Unauthenticated:
@@ -112,7 +112,7 @@ async def sell(
     settings: SettingsDep,
     keyring: KeyringDep,
 ) -> Template:
-    form = await request.form()
+    form = await read_form(request, ids=("plan_id",))
     registered = await consumer_api.register_consumer.fn(
         data=ConsumerRegister(phone=str(form.get("phone") or "")),
         db_session=db_session,
@@ -133,8 +133,8 @@ async def sell(
 async def record(
     request: Request, db_session: DbSession, principal: PrincipalDep, settings: SettingsDep, keyring: KeyringDep
 ) -> Template:
-    form = await request.form()
-    card_id = str(form.get("card_id") or "").strip()
+    form = await read_form(request, ids=("card_id",))
+    card_id = form["card_id"]
     fields: dict[str, Any] = {}
     units = str(form.get("units") or "").strip()
     if units:
