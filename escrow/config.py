@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     sms_lease_seconds: int = Field(
         default=60, ge=1, description="How long a claimed message is left to its sender before another may retry it."
     )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where consumers reach the service: the links in notices point to {public_url}/app/cards/<id>.",
+    )
+    card_expiry_notice_days: int = Field(
+        default=30, ge=1, description="A card's holder is told this many days before the card's validity ends."
+    )
     # --- cards: domain.md §5; amounts in fen, ratios in basis points (1 bp = 0.01 %) ---
     custody_ratio_bp_by_rating: dict[str, int] = Field(
         default={"A": 4000, "B": 6000, "C": 10000, "D": 10000},

@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from escrow import ledger
+from escrow import ledger, notices
 from escrow.auth.requests import forget_old_nonces
 from escrow.closures import service as closures
 from escrow.config import Settings, load_secret_key
@@ -64,6 +64,18 @@ async def daily_payouts(session: AsyncSession, settings: Settings, now: datetime
     if claimed is None:
         return None
     return len(await payouts.run_payouts(session, "system:payouts"))
+
+
+async def daily_expiry_notices(session: AsyncSession, settings: Settings, now: datetime) -> int | None:
+    """Notices of cards whose validity ends soon, once per business date (None when already done today); the
+    notices' dedup keys make a second run add nothing anyway."""
+    today = business_date(now, settings.business_timezone)
+    claimed = await session.scalar(
+        insert(JobRun).values(job="expiry_notices", business_date=today).on_conflict_do_nothing().returning(JobRun.job)
+    )
+    if claimed is None:
+        return None
+    return await notices.cards_expiring(session, settings, today)
 
 
 async def run_jobs_once(
@@ -124,6 +136,12 @@ async def run_jobs_once(
             await reconciliation.run_matching(session, settings, account_id)
         return len(accounts)
 
+    async def expiring(session: AsyncSession) -> int:
+        return await daily_expiry_notices(session, settings, now) or 0  # all at once (a second batch finds none)
+
+    async def notify(session: AsyncSession) -> int:
+        return await notices.queue_due(session, settings, keyring, limit)
+
     async def nonces(session: AsyncSession) -> int:
         return await forget_old_nonces(session)  # all at once (a second batch finds none)
 
@@ -141,6 +159,8 @@ async def run_jobs_once(
         ("closure_items_settled", settle, settings.closure_batch_size),
         ("fund_owed_payments", owed, limit),
         ("reconciliation_runs", reconcile, 1),
+        ("card_expiry_notices", expiring, limit),
+        ("notices_queued", notify, limit),
         ("bank_nonces_forgotten", nonces, limit),
         ("rate_counts_forgotten", counts, limit),
     ):

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import db, ledger
+from escrow import db, ledger, notices
 from escrow.auth.tokens import Principal
 from escrow.cards.pricing import CardMoney, protected_part_of_price, split
 from escrow.cards.schemas import CardSale, DepositReport
@@ -382,6 +382,9 @@ async def activate_paid(
     card.starts_on = business_date(now, settings.business_timezone)
     card.valid_until = card.starts_on + timedelta(days=card.validity_days - 1)
     await save_row(session, card, "status", "deposit_transaction_id", "paid_at", "starts_on", "valid_until")
+    await notices.add(
+        session, notices.CARD_PAID, card.id, {"amount": card.price, "protected": card.protected_paid}, card.id
+    )
     return card
 
 

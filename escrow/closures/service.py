@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import ledger
+from escrow import ledger, notices
 from escrow.auth.tokens import Principal
 from escrow.cards import service as cards
 from escrow.closures.schemas import ClosureCreate, TakeoverProposal
@@ -219,6 +219,8 @@ async def open_closure(session: AsyncSession, settings: Settings, principal: Pri
     session.add(closure)
     merchant.status = "closing"  # no sales from now on
     await session.flush()
+    facts = {"closure_id": closure.id, "mode": mode, "effective_on": effective_on}
+    await notices.add_for_merchant_cards(session, notices.CLOSURE, merchant.id, facts, closure.id)
     if effective_on <= today:
         await freeze(session, closure, principal.id)
     return closure
@@ -395,6 +397,9 @@ async def propose_takeover(
     closure.takeover_deadline = data.deadline
     await session.execute(delete(TakeoverDecision).where(TakeoverDecision.closure_id == closure.id))
     await session.flush()
+    facts = {"closure_id": closure.id, "successor": successor.name, "deadline": data.deadline}
+    offer = f"{closure.id}:{successor.id}:{data.deadline.isoformat()}"
+    await notices.add_for_merchant_cards(session, notices.TAKEOVER_OFFERED, closure.merchant_id, facts, offer)
     return closure
 
 

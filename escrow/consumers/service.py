@@ -57,17 +57,36 @@ def _phone_hash(keyring: Keyring, phone: str) -> str:
     return keyring.lookup_hash(normalize_phone(phone))
 
 
+def phone_context(consumer_id: str) -> str:
+    """The encryption context of a consumer's phone (``consumers.phone_enc``)."""
+    return f"consumers.phone:{consumer_id}"
+
+
 async def _find_or_create(session: AsyncSession, keyring: Keyring, phone: str) -> str:
+    """The consumer with this phone, created if new; its phone is kept encrypted (for notices) if it wasn't yet."""
     phone = normalize_phone(phone)
     phone_hash = _phone_hash(keyring, phone)
+    new = new_random_id("con")
     await session.execute(
         insert(Consumer)
-        .values(id=new_random_id("con"), phone_hash=phone_hash, phone_masked=mask_phone(phone))
+        .values(
+            id=new,
+            phone_hash=phone_hash,
+            phone_masked=mask_phone(phone),
+            phone_enc=keyring.encrypt(phone, phone_context(new)),
+        )
         .on_conflict_do_nothing(index_elements=[Consumer.phone_hash])
     )
-    consumer_id = await session.scalar(select(Consumer.id).where(Consumer.phone_hash == phone_hash))
-    assert consumer_id is not None
-    return consumer_id
+    found = (
+        await session.execute(select(Consumer.id, Consumer.phone_enc).where(Consumer.phone_hash == phone_hash))
+    ).one()
+    if found.phone_enc is None:  # known from before phones were kept: keep it now
+        await session.execute(
+            update(Consumer)
+            .where(Consumer.id == found.id, Consumer.phone_enc.is_(None))
+            .values(phone_enc=keyring.encrypt(phone, phone_context(found.id)))
+        )
+    return found.id
 
 
 async def register(session: AsyncSession, keyring: Keyring, principal: Principal, phone: str) -> ConsumerView:

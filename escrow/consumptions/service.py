@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import db, ledger
+from escrow import db, ledger, notices
 from escrow.auth.tokens import Principal
 from escrow.cards import presence
 from escrow.cards import service as cards
@@ -215,6 +215,12 @@ async def record_many(
         [c.presence_step for c in changed],
     )
     by_service = {row["id"]: db.Row(row.items()) for row in recorded}
+    confirm_by = now + timedelta(seconds=settings.confirmation_window_seconds)
+    await notices.add_many(  # a service confirmed at once by a presence code needs no answer: no notice
+        session,
+        notices.SERVICE_RECORDED,
+        [(h.card.id, {"amount": h.amount, "confirm_by": confirm_by}, h.id) for h in held if not h.present],
+    )
     for h in held:
         if h.present:  # the one way a service is confirmed (the cards are ours, and locked already)
             confirmed = await _confirm(
@@ -385,6 +391,7 @@ async def resolve(
             note=note or None,
         )  # fmt: skip
         if confirmed is not None:
+            await _resolved(session, confirmed.card_id, confirmed.id, confirmed.amount, "confirmed")
             return confirmed
         consumption = await _current(session, consumption_id)
         raise InvalidState(f"service record {consumption.id} is {consumption.status}, not disputed")
@@ -395,7 +402,14 @@ async def resolve(
     if note:
         consumption.note = note
     await session.flush()
+    await _resolved(session, consumption.card_id, consumption.id, consumption.amount, "voided")
     return consumption
+
+
+async def _resolved(session: AsyncSession, card_id: str, consumption_id: str, amount: int, outcome: str) -> None:
+    await notices.add(
+        session, notices.DISPUTE_RESOLVED, card_id, {"amount": amount, "outcome": outcome}, consumption_id
+    )
 
 
 async def void(session: AsyncSession, card: Card, consumption: Consumption, by: str) -> None:
@@ -475,13 +489,15 @@ async def auto_confirm(session: AsyncSession, now: datetime, limit: int) -> int:
     # Every card of the batch is locked first, in id order, as a class roll locks its cards: a batch that locked
     # them one by one in another order could hold one a roll waits for while waiting for one the roll holds.
     await db.fetch(session, _LOCK_IN_ORDER, sorted({card_id for _, card_id in due}))
-    done = 0
+    done = []
     for consumption_id, _ in due:
         confirmed = await _confirm(
             session, consumption_id, visible=_ANYONE, viewer="system:auto", by="auto", expected="pending_confirmation"
         )
-        done += confirmed is not None  # else answered meanwhile
-    return done
+        if confirmed is not None:  # else answered meanwhile
+            done.append((confirmed.card_id, {"amount": confirmed.amount}, confirmed.id))
+    await notices.add_many(session, notices.SERVICE_AUTO_CONFIRMED, done)
+    return len(done)
 
 
 _LOCK_IN_ORDER = "SELECT id FROM cards WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE"

@@ -12,6 +12,7 @@ from escrow.models.closure import (
     TakeoverDecision,
 )
 from escrow.models.idempotency import IdempotencyKey
+from escrow.models.notice import Notice
 from escrow.models.party import (
     Bank,
     BankNonce,
@@ -57,6 +58,7 @@ __all__ = [
     "Instruction",
     "JobRun",
     "Merchant",
+    "Notice",
     "Plan",
     "RateCount",
     "ReconciliationAccount",

@@ -89,6 +89,9 @@ class Consumer(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     phone_hash: Mapped[str] = mapped_column(String(64), unique=True)  # HMAC-SHA256 under the service key
     phone_masked: Mapped[str] = mapped_column(String(20))
+    # AES-GCM under the service key, context consumers.phone:<id>: filled when the phone is seen in clear (sign-in,
+    # a merchant's registration), so notices can be sent; NULL: no notices by SMS
+    phone_enc: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 

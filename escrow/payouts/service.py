@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import ledger
+from escrow import ledger, notices
 from escrow.auth.tokens import Principal
 from escrow.cards import service as cards
 from escrow.errors import Conflict, NotFound
@@ -207,6 +207,9 @@ async def report_executed(
         if refund.cause != "closure":  # a closure's refund is paid when all of its item is (item_paid)
             refund.status = "paid"
             refund.paid_at = instruction.reported_at
+            await session.flush()
+            paid = {"amount": refund.from_custody + refund.set_off}
+            await notices.add(session, notices.REFUND_PAID, refund.card_id, paid, refund.id)
     await session.flush()
     if instruction.closure_item_id is not None:
         await item_paid(session, instruction.closure_item_id, instruction.reported_at)

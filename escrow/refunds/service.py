@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from escrow import ledger
+from escrow import ledger, notices
 from escrow.auth.tokens import Principal
 from escrow.cards import service as cards
 from escrow.cards.pricing import day_value
@@ -243,6 +243,8 @@ async def _approve(
     else:
         await payouts.instruct_refund(session, refund, card, principal)
     await session.flush()
+    facts = {"amount": refund.amount, "due_on": refund.due_on, "merchant_owes": refund.merchant_owes}
+    await notices.add(session, notices.REFUND_APPROVED, card.id, facts, refund.id)
 
 
 async def get(session: AsyncSession, principal: Principal, refund_id: str) -> Refund:
