@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         ge=0,
         description="A recorded service the consumer doesn't answer confirms itself after this.",
     )
+    presence_code_failures_per_hour: int = Field(
+        default=10,
+        ge=1,
+        description="Wrong presence codes a card takes in an hour; past that it takes none until the hour has passed "
+        "(the consumer can still confirm on the phone). Bounds a merchant guessing a code.",
+    )
     presence_code_step_seconds: int = Field(
         default=60,
         ge=10,

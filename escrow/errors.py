@@ -37,8 +37,8 @@ class FieldInvalid(EscrowError):
     status = 422
     title = "Validation failed"
 
-    def __init__(self, field: str, message: str, *, rule: str = "invalid") -> None:
-        super().__init__(f"{field}: {message}", errors=[{"field": field, "rule": rule, "message": message}])
+    def __init__(self, field: str, message: str, *, rule: str = "invalid", keep: Sequence[object] = ()) -> None:
+        super().__init__(f"{field}: {message}", errors=[{"field": field, "rule": rule, "message": message}], keep=keep)
 
 
 class NotFound(EscrowError):

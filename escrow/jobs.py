@@ -13,6 +13,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -148,6 +149,11 @@ async def run_jobs_once(
     async def counts(session: AsyncSession) -> int:
         return await consumers.forget_old_counts(session)  # all at once
 
+    async def presence_failures(session: AsyncSession) -> int:
+        # past their hour they bound nothing; a day's are kept for the supervision of guessing
+        done = await session.execute(text("DELETE FROM presence_failures WHERE at < now() - interval '1 day'"))
+        return done.rowcount or 0
+
     for name, job, per_batch in (
         ("services_auto_confirmed", confirm, limit),
         ("period_cards", period, limit),
@@ -163,6 +169,7 @@ async def run_jobs_once(
         ("notices_queued", notify, limit),
         ("bank_nonces_forgotten", nonces, limit),
         ("rate_counts_forgotten", counts, limit),
+        ("presence_failures_forgotten", presence_failures, limit),
     ):
         try:
             report[name] = await _batches(sessionmaker, per_batch, job)

@@ -245,6 +245,30 @@ class TestConfirmedAtTheCounter:
 
 
 class TestRefused:
+    async def test_guessing_a_cards_code_is_bounded(
+        self, client: httpx.AsyncClient, session: AsyncSession, clock: Clock, keyring: Keyring, settings: Settings
+    ) -> None:
+        g = await gym(client, session, members=2)
+        wrong = another_code(keyring, g.cards[0], clock.step)
+        for _ in range(settings.presence_code_failures_per_hour):
+            refused(await record(client, g, g.cards[0], presence_code=wrong), "presence_code", "presence_code")
+        # each wrong code was kept though its request was refused: now the card takes no code for the hour,
+        # not even its right one
+        right = await code_of(client, g.consumers[0], g.cards[0])
+        refused(
+            await record(client, g, g.cards[0], presence_code=right["code"]), "presence_code", "presence_code_locked"
+        )
+        assert (await counts(session, g.cards[0])) == (0, 0, 0, 0)
+        # the other card, and the same card without a code, are untouched
+        other = await code_of(client, g.consumers[1], g.cards[1])
+        assert (await record(client, g, g.cards[1], presence_code=other["code"])).status_code == 201
+        pending = await record(client, g, g.cards[0])
+        assert pending.status_code == 201 and pending.json()["status"] == "pending_confirmation"
+        failures = await session.execute(
+            text("SELECT count(*) FROM presence_failures WHERE card_id = :c"), {"c": g.cards[0]}
+        )
+        assert failures.scalar_one() == settings.presence_code_failures_per_hour
+
     async def test_a_wrong_code_records_nothing(
         self, client: httpx.AsyncClient, session: AsyncSession, clock: Clock, keyring: Keyring
     ) -> None:

@@ -25,7 +25,7 @@ from escrow.errors import Conflict, FieldInvalid, NotFound
 from escrow.kit.clock import business_date, utcnow
 from escrow.kit.crypto import Keyring
 from escrow.kit.ids import new_id
-from escrow.models import Card, Consumption, EscrowAccount
+from escrow.models import Card, Consumption, EscrowAccount, PresenceFailure
 
 
 class InvalidState(Conflict):
@@ -166,6 +166,7 @@ async def record_many(
         units, field = _units(card, service, at)
         _check(card, states[card.id], units, field, at, today, settings)
         if service.presence_code is not None:
+            await _presence_not_locked(session, settings, card, at)
             step = _presence(keyring, settings, card, service.presence_code, used_before[card.id], at)
             card.presence_step = step if card.presence_step is None else max(step, card.presence_step)
         amount = unit_value(card.price, card.units_total, card.units_used, units, card.consumed)
@@ -231,6 +232,22 @@ async def record_many(
     return [by_service[h.id] for h in held]  # in the order given (RETURNING promises no order)
 
 
+_RECENT_FAILURES = "SELECT count(*) FROM presence_failures WHERE card_id = $1 AND at > now() - interval '1 hour'"
+
+
+async def _presence_not_locked(session: AsyncSession, settings: Settings, card: db.Row, at: str) -> None:
+    """Refuse any presence code for a card that took too many wrong ones in the last hour (read only when a code
+    is given: services without one cost nothing more)."""
+    if await db.fetchval(session, _RECENT_FAILURES, card.id) >= settings.presence_code_failures_per_hour:
+        raise PresenceCodeRefused(
+            f"{at}presence_code",
+            f"too many wrong presence codes for this card in the last hour (at most "
+            f"{settings.presence_code_failures_per_hour}); record the service without one and the consumer confirms "
+            "it",
+            rule="presence_code_locked",
+        )
+
+
 def _presence(keyring: Keyring, settings: Settings, card: db.Row, code: str, used: int | None, at: str) -> int:
     """The time step of the card's presence ``code``, if it is the current or the previous step's code and that
     step is later than the last one accepted for the card before this request (``used``); else refused."""
@@ -245,7 +262,10 @@ def _presence(keyring: Keyring, settings: Settings, card: db.Row, code: str, use
     )
     if step is None:
         raise PresenceCodeRefused(
-            field, "not the card's current presence code (wrong or expired)", rule="presence_code"
+            field,
+            "not the card's current presence code (wrong or expired)",
+            rule="presence_code",
+            keep=[PresenceFailure(card_id=card.id, merchant_id=card.merchant_id)],  # counted though refused
         )
     if used is not None and step <= used:
         raise PresenceCodeRefused(

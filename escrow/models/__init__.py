@@ -2,7 +2,16 @@
 
 from escrow.models.audit import AuditRecord
 from escrow.models.base import Base
-from escrow.models.card import Card, Consumption, Instruction, JobRun, Plan, Refund, UnappliedDeposit
+from escrow.models.card import (
+    Card,
+    Consumption,
+    Instruction,
+    JobRun,
+    Plan,
+    PresenceFailure,
+    Refund,
+    UnappliedDeposit,
+)
 from escrow.models.closure import (
     Closure,
     ClosureItem,
@@ -60,6 +69,7 @@ __all__ = [
     "Merchant",
     "Notice",
     "Plan",
+    "PresenceFailure",
     "RateCount",
     "ReconciliationAccount",
     "ReconciliationBreak",

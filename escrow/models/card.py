@@ -271,3 +271,17 @@ class JobRun(Base):
     business_date: Mapped[date] = mapped_column(Date, primary_key=True)
     ran_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     detail: Mapped[dict | None] = mapped_column(JSONB)
+
+
+class PresenceFailure(Base):
+    """A wrong presence code a merchant gave for a card. Kept although its request is refused (the unit of work
+    writes it after the rollback), so guessing a card's code is bounded: past ESCROW_PRESENCE_CODE_FAILURES_PER_HOUR
+    the card takes no presence code for the hour."""
+
+    __tablename__ = "presence_failures"
+    __table_args__ = (Index("ix_presence_failures_card_at", "card_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    card_id: Mapped[str] = mapped_column(String(40))
+    merchant_id: Mapped[str] = mapped_column(String(40))
+    at: Mapped[datetime] = mapped_column(server_default=text("now()"))
