@@ -21,6 +21,7 @@ from escrow.auth.limiter import FailureLimiter
 from escrow.banks import endpoints as bank_endpoints
 from escrow.cards import endpoints as card_endpoints
 from escrow.closures import endpoints as closure_endpoints
+from escrow.complaints import endpoints as complaint_endpoints
 from escrow.config import Settings, get_settings, load_secret_key
 from escrow.consumers import endpoints as consumer_endpoints
 from escrow.consumptions import endpoints as consumption_endpoints
@@ -127,6 +128,11 @@ ROUTES: list[ControllerRouterHandler] = [
     closure_endpoints.answer_takeover,
     closure_endpoints.confirm,
     closure_endpoints.my_statements,
+    complaint_endpoints.file_complaint,
+    complaint_endpoints.list_complaints,
+    complaint_endpoints.get_complaint,
+    complaint_endpoints.answer_complaint,
+    complaint_endpoints.mediate_complaint,
     fund_endpoints.set_fund_bank_account,
     fund_endpoints.fund_overview,
     fund_endpoints.contribute,
