@@ -21,10 +21,12 @@ from escrow.auth.limiter import FailureLimiter
 from escrow.banks import endpoints as bank_endpoints
 from escrow.cards import endpoints as card_endpoints
 from escrow.closures import endpoints as closure_endpoints
+from escrow.complaints import endpoints as complaint_endpoints
 from escrow.config import Settings, get_settings, load_secret_key
 from escrow.consumers import endpoints as consumer_endpoints
 from escrow.consumptions import endpoints as consumption_endpoints
 from escrow.db import create_engine, create_sessionmaker, resolve_database_url
+from escrow.disclosure import endpoints as disclosure_endpoints
 from escrow.errors import exception_handlers
 from escrow.escrow_accounts import endpoints as escrow_endpoints
 from escrow.fund import endpoints as fund_endpoints
@@ -127,6 +129,13 @@ ROUTES: list[ControllerRouterHandler] = [
     closure_endpoints.answer_takeover,
     closure_endpoints.confirm,
     closure_endpoints.my_statements,
+    complaint_endpoints.file_complaint,
+    complaint_endpoints.list_complaints,
+    complaint_endpoints.get_complaint,
+    complaint_endpoints.answer_complaint,
+    complaint_endpoints.mediate_complaint,
+    disclosure_endpoints.search_merchants,
+    disclosure_endpoints.public_merchant,
     fund_endpoints.set_fund_bank_account,
     fund_endpoints.fund_overview,
     fund_endpoints.contribute,

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     stored_value_max_face: int = Field(
         default=500_000, ge=1, description="Named stored-value cards of any merchant: highest face value (fen)."
     )
+    complaint_answer_hours: int = Field(
+        default=24,
+        ge=1,
+        le=24 * 365,
+        description="Hours a merchant has to answer a consumer's complaint; unanswered past it, it is overdue.",
+    )
     confirmation_window_seconds: int = Field(
         default=24 * 3600,
         ge=0,

@@ -355,6 +355,18 @@ async def world(
     }
     own = {role: {**own_objects, "token_id": callers[role].spare_token_id} for role in ROLES}
     other_token = await spare(session, "merchant", other_merchant.id)
+
+    async def complaint(token: str, merchant_id: str) -> str:
+        filed = await client.post(
+            "/v1/complaints",
+            json={"merchant_id": merchant_id, "category": "other", "text": "matrix"},
+            headers={**bearer(token), **key()},
+        )
+        assert filed.status_code == 201, filed.text
+        return filed.json()["id"]
+
+    own_objects["complaint_id"] = await complaint(consumer_secret, merchant.id)
+    own = {role: {**own_objects, "token_id": callers[role].spare_token_id} for role in ROLES}
     other = {
         **await reconciliation_of(client, other_bank, other_account),
         "bank_id": other_bank.id,
@@ -363,6 +375,7 @@ async def world(
         "escrow_account_id": other_account,
         "token_id": other_token,
         "closure_id": closures.ids["other"],
+        "complaint_id": await complaint(other_consumer_secret, other_merchant.id),
         **other_cards,
     }
     return World(
@@ -447,6 +460,9 @@ async def body_for(
         "/v1/refunds/{refund_id}/reject": {"reason": "matrix"},
         "/v1/instructions/{instruction_id}/failed": {"reason": "matrix"},
         "/v1/payout-runs": {},
+        "/v1/complaints": {"merchant_id": world.own["consumer"]["merchant_id"], "category": "other", "text": "matrix"},
+        "/v1/complaints/{complaint_id}/answer": {"answer": "matrix"},
+        "/v1/complaints/{complaint_id}/mediate": {"outcome": "upheld", "note": "matrix"},
         "/v1/cards/{card_id}/takeover": {"decision": "accept"},
         # the regulator closes a merchant with no closure yet; a merchant closes itself (merchant_id is the
         # regulator's field), with the notice it must give

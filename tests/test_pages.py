@@ -287,3 +287,66 @@ async def test_hostile_form_fields_are_refused(
     }
     response = await client.post(path, data=form, headers={**headers, **key()})
     assert 400 <= response.status_code < 500 and 'role="alert"' in response.text, response.text
+
+
+class TestComplaintsPage:
+    async def test_a_consumer_files_a_complaint_on_the_page_and_sees_each_step(
+        self, client: httpx.AsyncClient, app: Litestar, shop: dict, session: AsyncSession
+    ) -> None:
+        signed = signed_in(app, shop["consumer"])
+        page = await client.get("/app/complaints", headers=signed)
+        assert page.status_code == 200, page.text
+        assert "晨光健身" in page.text and "data-complaint-form" in page.text and "服务未提供" in page.text
+        merchant_id = re.search(r'<select name="merchant_id"><option value="([^"]+)"', page.text).group(1)
+        csrf, csrf_cookie = csrf_of(page)
+        form = {
+            "merchant_id": merchant_id,
+            "card_id": shop["card_id"],
+            "category": "refund_refused",
+            "text": "不给退款",
+        }
+        forged = await client.post("/app/complaints", data=form, headers={**signed, **key()})
+        assert forged.status_code == 403
+        headers = {**key(), "x-csrftoken": csrf, "cookie": f"{signed['cookie']}; escrow_csrf={csrf_cookie}"}
+        filed = await client.post("/app/complaints", data=form, headers=headers)
+        assert filed.status_code == 200 and filed.headers["hx-redirect"] == "/app/complaints", filed.text
+        listed = await client.get("/v1/complaints", headers=bearer(shop["consumer"]))
+        (complaint,) = listed.json()["items"]
+        assert complaint["category"] == "refund_refused" and complaint["card_id"] == shop["card_id"]
+        answered = await client.post(
+            f"/v1/complaints/{complaint['id']}/answer",
+            json={"answer": "已联系顾客"},
+            headers={**bearer(shop["merchant"]), **key()},
+        )
+        assert answered.status_code == 200, answered.text
+        regulator = await regulator_token(session)
+        mediated = await client.post(
+            f"/v1/complaints/{complaint['id']}/mediate",
+            json={"outcome": "partly_upheld", "note": "退还一半"},
+            headers={**bearer(regulator), **key()},
+        )
+        assert mediated.status_code == 200, mediated.text
+        steps = (await client.get("/app/complaints", headers=signed)).text
+        assert f'data-complaint="{complaint["id"]}"' in steps and "不给退款" in steps
+        assert "已联系顾客" in steps and 'data-outcome="partly_upheld"' in steps and "部分成立" in steps
+
+    @pytest.mark.parametrize(
+        "form",
+        [
+            {"merchant_id": "../etc", "category": "other", "text": "x"},
+            {"merchant_id": "mer_1", "card_id": "card_\x00", "category": "other", "text": "x"},
+            {"category": "nonsense", "text": "x"},
+            {"category": "other", "text": ""},
+            {"category": "other", "text": "x" * 600},
+        ],
+    )
+    async def test_bad_complaint_forms_are_refused(
+        self, client: httpx.AsyncClient, app: Litestar, shop: dict, form: dict
+    ) -> None:
+        signed = signed_in(app, shop["consumer"])
+        page = await client.get("/app/complaints", headers=signed)
+        merchant_id = re.search(r'<select name="merchant_id"><option value="([^"]+)"', page.text).group(1)
+        csrf, csrf_cookie = csrf_of(page)
+        headers = {**key(), "x-csrftoken": csrf, "cookie": f"{signed['cookie']}; escrow_csrf={csrf_cookie}"}
+        response = await client.post("/app/complaints", data={"merchant_id": merchant_id, **form}, headers=headers)
+        assert 400 <= response.status_code < 500 and 'role="alert"' in response.text, response.text

@@ -20,6 +20,7 @@ from escrow.models.closure import (
     FundRecovery,
     TakeoverDecision,
 )
+from escrow.models.complaint import Complaint
 from escrow.models.idempotency import IdempotencyKey
 from escrow.models.notice import Notice
 from escrow.models.party import (
@@ -54,6 +55,7 @@ __all__ = [
     "Card",
     "Closure",
     "ClosureItem",
+    "Complaint",
     "Consumer",
     "ConsumerCode",
     "ConsumerLink",

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from escrow.auth.tokens import Unauthenticated
 from escrow.config import Settings
 from escrow.errors import EscrowError
-from escrow.pages import consumer, merchant
+from escrow.pages import consumer, merchant, public
 from escrow.pages.session import PAGE_PREFIXES
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -74,7 +74,7 @@ def csrf_config(secret: bytes) -> CSRFConfig:
 def router() -> Router:
     return Router(
         path="/",
-        route_handlers=[*consumer.ROUTES, *merchant.ROUTES],
+        route_handlers=[*consumer.ROUTES, *merchant.ROUTES, *public.ROUTES],
         response_headers=[
             ResponseHeader(name="Content-Security-Policy", value=CONTENT_SECURITY_POLICY),
             ResponseHeader(name="X-Content-Type-Options", value="nosniff"),

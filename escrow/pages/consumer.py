@@ -20,6 +20,8 @@ from escrow.auth.tokens import Unauthenticated
 from escrow.cards import endpoints as card_api
 from escrow.closures import endpoints as closure_api
 from escrow.closures.schemas import TakeoverAnswer
+from escrow.complaints import endpoints as complaint_api
+from escrow.complaints.schemas import ComplaintFiling
 from escrow.consumers import endpoints as consumer_api
 from escrow.consumers.schemas import ConsumerTokenRequest, SignInCodeRequest
 from escrow.consumptions import endpoints as consumption_api
@@ -28,6 +30,7 @@ from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
 from escrow.errors import EscrowError, FieldInvalid, pydantic_field_errors
 from escrow.kit.money import Money
 from escrow.kit.params import ID_MAX_LENGTH, ID_PATTERN, path_id
+from escrow.models.complaint import COMPLAINT_CATEGORIES
 from escrow.pages import i18n
 from escrow.pages.session import cleared_cookie, session_cookie
 from escrow.refunds import endpoints as refund_api
@@ -286,6 +289,71 @@ async def closures_page(request: Request, db_session: DbSession, principal: Prin
     return Template("consumer/closures.html", context=context(request, statements=statements))
 
 
+async def _my_merchants(db_session: Any, consumer_id: str) -> list[Any]:
+    """The merchants the consumer holds or held a card with: those it may complain about."""
+    rows = await db_session.execute(
+        text(
+            "SELECT DISTINCT m.id, m.name FROM cards c JOIN merchants m ON m.id = c.merchant_id"
+            " WHERE c.consumer_id = :consumer ORDER BY m.name, m.id"
+        ),
+        {"consumer": consumer_id},
+    )
+    return list(rows)
+
+
+@get("/app/complaints", **PAGE)
+async def complaints_page(request: Request, db_session: DbSession, principal: PrincipalDep) -> Template:
+    """The complaint form (merchants the consumer had cards with) and the consumer's complaints, each step shown."""
+    page = await complaint_api.list_complaints.fn(
+        db_session=db_session,
+        principal=principal,
+        in_state=None,
+        merchant_id=None,
+        overdue=False,
+        cursor=None,
+        limit=200,
+    )
+    merchants = await _my_merchants(db_session, principal.id)
+    cards = (
+        await card_api.my_cards.fn(db_session=db_session, principal=principal, status=None, cursor=None, limit=200)
+    ).items
+    names = await _names(db_session, [c.id for c in cards])
+    return Template(
+        "consumer/complaints.html",
+        context=context(
+            request,
+            complaints=list(reversed(page.items)),
+            merchants=merchants,
+            merchant_names={m.id: m.name for m in merchants},
+            cards=cards,
+            names=names,
+            categories=COMPLAINT_CATEGORIES,
+        ),
+    )
+
+
+@post("/app/complaints", status_code=200, **FORM)
+async def file_complaint_page(
+    request: Request, db_session: DbSession, principal: PrincipalDep, settings: SettingsDep
+) -> Response:
+    form = await read_form(request, ids=("merchant_id",))
+    card_id = form.get("card_id") or None
+    if card_id is not None:
+        await read_form(request, ids=("card_id",))
+    await complaint_api.file_complaint.fn(
+        data=ComplaintFiling(
+            merchant_id=form["merchant_id"],
+            card_id=card_id,
+            category=form.get("category") or "",  # type: ignore[arg-type]  # the model refuses what is not one
+            text=form.get("text") or "",
+        ),
+        db_session=db_session,
+        principal=principal,
+        settings=settings,
+    )
+    return Response(content="", status_code=200, headers={"HX-Redirect": "/app/complaints"})
+
+
 @post("/app/sign-out", status_code=200, **FORM)
 async def sign_out(request: Request, db_session: DbSession, principal: PrincipalDep) -> Response:
     from escrow.auth import tokens
@@ -331,5 +399,7 @@ ROUTES = [
     refund_page,
     request_refund_page,
     closures_page,
+    complaints_page,
+    file_complaint_page,
     sign_out,
 ]
