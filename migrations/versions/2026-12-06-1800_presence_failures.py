@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0014_presence_failures"
-down_revision: str | None = "0011_notices"
+down_revision: str | None = "0013_complaints"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
