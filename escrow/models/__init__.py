@@ -33,6 +33,7 @@ from escrow.models.reconciliation import (
 )
 from escrow.models.sms import SmsOutbox, SmsSink
 from escrow.models.token import ApiToken
+from escrow.models.warning import RiskWarning
 
 __all__ = [
     "ApiToken",
@@ -65,6 +66,7 @@ __all__ = [
     "ReconciliationBreak",
     "ReconciliationMatch",
     "Refund",
+    "RiskWarning",
     "SmsOutbox",
     "SmsSink",
     "TakeoverDecision",
