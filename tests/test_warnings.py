@@ -18,19 +18,23 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from escrow.config import Settings
 from escrow.kit.clock import utcnow
 from escrow.risk import service
+from tests.closing import confirm_service, record_service
 from tests.parties import (
     Bank,
     Merchant,
+    bank_transaction_id,
     bearer,
     consumer_token,
     create_plan,
     key,
     onboard_bank,
     onboard_merchant,
+    onboard_ratio_merchant,
     open_escrow_account,
     regulator_token,
     sell_and_pay,
 )
+from tests.reconciling import Deposit, credit, fee, send, statement_json
 
 YUAN = 100
 _phones = iter(range(1, 10_000))
@@ -48,10 +52,17 @@ class World:
     async def start(self) -> "World":
         self.regulator = await regulator_token(self.session)
         self.bank: Bank = await onboard_bank(self.client, self.regulator, "WARN")
+        self.accounts: dict[str, str] = {}
         return self
 
-    async def shop(self, name: str, category: str = "other", region: str | None = "440306") -> Merchant:
-        merchant = await onboard_merchant(self.client, self.regulator, name, category)
+    async def shop(
+        self, name: str, category: str = "other", region: str | None = "440306", *, rating: str | None = None
+    ) -> Merchant:
+        """A merchant with an active escrow account; with ``rating``, on the ratio model (A: 40 % in custody)."""
+        if rating:
+            merchant = await onboard_ratio_merchant(self.client, self.regulator, name, rating, category=category)
+        else:
+            merchant = await onboard_merchant(self.client, self.regulator, name, category)
         if region:
             changed = await self.client.post(
                 f"/v1/merchants/{merchant.id}/region",
@@ -59,7 +70,7 @@ class World:
                 headers={**bearer(self.regulator), **key()},
             )
             assert changed.status_code == 200, changed.text
-        await open_escrow_account(self.client, merchant, self.bank)
+        self.accounts[merchant.id] = await open_escrow_account(self.client, merchant, self.bank)
         return merchant
 
     async def sell(self, merchant: Merchant, plan_id: str) -> tuple[str, str]:
@@ -73,6 +84,23 @@ class World:
         )
         assert response.status_code == 201, response.text
         return response.json()["id"]
+
+    async def sell_many(self, merchant: Merchant, plan_id: str, cards: int) -> tuple[list[str], str]:
+        """``cards`` paid cards of one consumer (a family's cards): (card ids, consumer token)."""
+        consumer_id, token = await consumer_token(self.client, merchant, f"1391234{next(_phones):04d}")
+        return [await sell_and_pay(self.client, merchant, self.bank, plan_id, consumer_id) for _ in range(cards)], token
+
+    async def refund(self, consumer: str, card_id: str) -> dict:
+        """The consumer ends the card at the quoted amount (approved and instructed at once)."""
+        quote = await self.client.get(f"/v1/cards/{card_id}/refund-quote?cause=consumer", headers=bearer(consumer))
+        assert quote.status_code == 200, quote.text
+        refund = await self.client.post(
+            f"/v1/cards/{card_id}/refunds",
+            json={"cause": "consumer", "expected_amount": quote.json()["amount"]},
+            headers={**bearer(consumer), **key()},
+        )
+        assert refund.status_code == 201, refund.text
+        return refund.json()
 
     async def backdate(self, table: str, column: str, row_id: str, days: float) -> None:
         """Test-only clock: the row's timestamp moved ``days`` into the past."""
@@ -243,6 +271,343 @@ async def test_service_silence_for_seven_days_while_cards_hold_value(
     (warning,) = await warnings_of(client, world.regulator, kind="service_collapse")
     assert warning["level"] == "alert" and warning["figures"]["silent"] is True
     assert warning["figures"]["days_since_last_service"] == 7
+
+
+async def test_unprotected_exposure_one_fen_above_twenty_percent_of_the_released_value(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """Two A-rated shops on the ratio model (40 % of each sale in custody). Each sells a card of 1,000 yuan, so
+    600 yuan of it is outside custody; 20 % of the released value is the limit, so 600 yuan is too much once less than
+    3,000 yuan was released in the last 12 months: 2,999.99 yuan released raises the warning, 3,000.00 does not."""
+    shops = {}
+    for name, released in (("Exposed", 299_999), ("Covered", 300_000)):
+        merchant = await world.shop(name, rating="A")
+        # a one-session card of the released amount, used and confirmed by its consumer: released in full
+        used_plan = await create_plan(client, merchant, kind="sessions", sessions=1, price=released)
+        used_card, consumer = await world.sell(merchant, used_plan["id"])
+        await confirm_service(client, consumer, await record_service(client, merchant, used_card, 1))
+        # the card still unused: 1,000 yuan paid, 400 in custody, 600 yuan unprotected
+        open_plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+        open_card, consumer = await world.sell(merchant, open_plan["id"])
+        detail = (await client.get(f"/v1/cards/{open_card}", headers=bearer(consumer))).json()
+        assert detail["unprotected"]["amount"] == 600 * YUAN, detail
+        shops[name] = merchant
+    await run(sessionmaker, settings)
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, shops["Exposed"]) == ["unprotected_exposure"] and kinds(rows, shops["Covered"]) == []
+    (warning,) = rows
+    assert warning["level"] == "attention"
+    assert warning["figures"] == {
+        "unprotected_outstanding": 60_000,
+        "released_last_12_months": 299_999,
+        "percent_of_released": 20.0,  # 20.00007 % rounded to two places
+        "threshold_percent": 20,
+        "threshold_amount": 100_000_000,
+    }
+
+
+async def test_refund_rate_one_card_short_of_five_requests_per_hundred(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """One refund request among 19 active cards is 5.26 per 100 cards, above the 5 of the threshold: a warning; the
+    same request among 20 cards is exactly 5 per 100: none."""
+    shops = {}
+    for name, cards in (("Refunding", 19), ("Usual", 20)):
+        merchant = await world.shop(name)
+        plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=100 * YUAN)
+        card_ids, consumer = await world.sell_many(merchant, plan["id"], cards)
+        await world.refund(consumer, card_ids[0])  # within the cooling-off days: the whole 100 yuan back
+        shops[name] = merchant
+    await run(sessionmaker, settings)
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, shops["Refunding"]) == ["refund_rate"] and kinds(rows, shops["Usual"]) == []
+    (warning,) = rows
+    assert warning["level"] == "attention"
+    assert warning["figures"] == {
+        "refund_requests_last_30_days": 1,
+        "active_cards_last_30_days": 19,  # the refunded card was active in the window: it counts
+        "per_100_active_cards": 5.26,
+        "threshold_per_100": 5,
+    }
+
+
+async def test_dispute_rate_one_card_short_of_five_disputes_per_hundred(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """One disputed service among 19 active cards is 5.26 per 100 cards: a warning; among 20 cards, 5: none."""
+    shops = {}
+    for name, cards in (("Disputed", 19), ("Usual", 20)):
+        merchant = await world.shop(name)
+        plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=100 * YUAN)
+        card_ids, consumer = await world.sell_many(merchant, plan["id"], cards)
+        service = await record_service(client, merchant, card_ids[0], 1)
+        disputed = await client.post(
+            f"/v1/consumptions/{service['id']}/dispute",
+            json={"reason": "I was not there"},
+            headers={**bearer(consumer), **key()},
+        )
+        assert disputed.status_code == 200, disputed.text
+        shops[name] = merchant
+    await run(sessionmaker, settings)
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, shops["Disputed"]) == ["dispute_rate"] and kinds(rows, shops["Usual"]) == []
+    (warning,) = rows
+    assert warning["level"] == "attention"
+    assert warning["figures"] == {
+        "disputes_last_30_days": 1,
+        "active_cards_last_30_days": 19,
+        "per_100_active_cards": 5.26,
+        "threshold_per_100": 5,
+    }
+
+
+async def test_refund_overdue_one_day_past_its_due_date(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """A consumer ends a 100-yuan card; the refund is due 15 days after the request (domain.md §5) and the bank does
+    not pay it. On the due date nothing is raised; the day after, an alert. (The refund-rate threshold is moved out
+    of the way — one request on one card is 100 per 100 — so only the overdue refund shows.)"""
+    settings = settings.model_copy(update={"warning_refund_rate": 100})
+    merchant = await world.shop("Slow Payer")
+    plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=100 * YUAN)
+    card, consumer = await world.sell(merchant, plan["id"])
+    refund = await world.refund(consumer, card)
+    assert refund["status"] == "instructed"
+    due_on = refund["due_on"]
+    start = utcnow()
+    # day 15: due today, not yet overdue
+    await run(sessionmaker, settings, start + timedelta(days=15))
+    assert await warnings_of(client, world.regulator) == []
+    # day 16: one day overdue
+    await run(sessionmaker, settings, start + timedelta(days=16))
+    (warning,) = await warnings_of(client, world.regulator)
+    assert warning["kind"] == "refund_overdue" and warning["merchant_id"] == merchant.id
+    assert warning["level"] == "alert"
+    assert warning["figures"] == {
+        "overdue_refunds": 1,
+        "overdue_amount": 10_000,
+        "oldest_due_on": due_on,
+        "days_overdue": 1,
+    }
+
+
+async def test_presence_one_service_above_half_confirmed_without_the_code(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """Shops that use presence codes: one service confirmed at the counter with the consumer's code, the others
+    confirmed afterwards by the consumer. 2 of 3 without the code (66.67 %) is above the 50 % threshold: a warning;
+    1 of 2 (50 %) is not."""
+    shops = {}
+    for name, without_code in (("Paper Roll", 2), ("At The Counter", 1)):
+        merchant = await world.shop(name)
+        plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+        card, consumer = await world.sell(merchant, plan["id"])
+        code = (await client.get(f"/v1/cards/{card}/presence-code", headers=bearer(consumer))).json()["code"]
+        at_counter = await client.post(
+            f"/v1/cards/{card}/consumptions",
+            json={"sessions": 1, "presence_code": code},
+            headers={**bearer(merchant.token), **key()},
+        )
+        assert at_counter.status_code == 201 and at_counter.json()["resolved_by"] == "presence", at_counter.text
+        for _ in range(without_code):
+            await confirm_service(client, consumer, await record_service(client, merchant, card, 1))
+        shops[name] = merchant
+    await run(sessionmaker, settings)
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, shops["Paper Roll"]) == ["presence"] and kinds(rows, shops["At The Counter"]) == []
+    (warning,) = rows
+    assert warning["level"] == "attention"
+    assert warning["figures"] == {
+        "confirmed_last_30_days": 3,
+        "confirmed_with_presence_code": 1,
+        "confirmed_without_presence_code": 2,
+        "percent_without_code": 66.67,
+        "presence_confirmations_last_90_days": 1,
+        "threshold_percent": 50,
+    }
+
+
+async def test_money_trail_a_break_open_one_day_too_long(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """The bank's statement shows a 5-yuan fee the ledger never made: a reconciliation break. Open 5 days, it is
+    within the allowance; open 6 days, it raises the warning."""
+    merchant = await world.shop("Loose Ends")
+    plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+    card, _ = await world.sell(merchant, plan["id"])
+    row = (
+        await world.session.execute(
+            text("SELECT payment_reference, deposit_transaction_id FROM cards WHERE id = :id"), {"id": card}
+        )
+    ).one()
+    await world.session.rollback()
+    deposit = Deposit(card, row[0], row[1], 1000 * YUAN)
+    account = world.accounts[merchant.id]
+    await send(client, world.bank, statement_json(account, [credit(deposit), fee(500)]))
+    detected = (
+        await world.session.execute(
+            text("SELECT id, detected_at FROM reconciliation_breaks WHERE escrow_account_id = :a AND state = 'open'"),
+            {"a": account},
+        )
+    ).all()
+    await world.session.rollback()
+    assert len(detected) == 1, detected
+    detected_at = detected[0][1]
+    # 5 days after it was found: none
+    await run(sessionmaker, settings, detected_at + timedelta(days=5))
+    assert await warnings_of(client, world.regulator) == []
+    # 6 days after: attention, one break
+    await run(sessionmaker, settings, detected_at + timedelta(days=6))
+    (warning,) = await warnings_of(client, world.regulator)
+    assert warning["kind"] == "money_trail" and warning["merchant_id"] == merchant.id
+    assert warning["level"] == "attention"
+    assert warning["figures"] == {
+        "breaks_open_over_days": 1,
+        "break_days": 5,
+        "oldest_break_detected_at": detected_at.isoformat(),
+        "failed_payouts_last_30_days": 0,
+        "unapplied_deposits_last_30_days": 0,
+        "unapplied_amount": 0,
+    }
+
+
+async def test_money_trail_a_failed_payout_and_an_unapplied_deposit(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """One payout instruction the bank could not carry out raises the warning; one it executed does not. A deposit
+    for one of its cards that could not be applied (the wrong amount) adds to it: two kinds of trouble, an alert."""
+    shops = {}
+    for name, outcome in (("Bounced", "failed"), ("Paid Out", "executed")):
+        merchant = await world.shop(name)
+        plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+        card, consumer = await world.sell(merchant, plan["id"])
+        await confirm_service(client, consumer, await record_service(client, merchant, card, 1))  # 100 yuan payable
+        payout = await client.post("/v1/payout-runs", json={}, headers={**bearer(merchant.token), **key()})
+        assert payout.status_code == 201, payout.text
+        (instruction,) = payout.json()["instructions"]
+        body = {"reason": "account frozen"} if outcome == "failed" else {"bank_transaction_id": bank_transaction_id()}
+        reported = await client.post(
+            f"/v1/instructions/{instruction['id']}/{outcome}", json=body, headers=key(), auth=world.bank.auth
+        )
+        assert reported.status_code == 200, reported.text
+        shops[name] = merchant
+    await run(sessionmaker, settings)
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, shops["Bounced"]) == ["money_trail"] and kinds(rows, shops["Paid Out"]) == []
+    (warning,) = rows
+    assert warning["level"] == "attention"
+    assert warning["figures"] == {
+        "breaks_open_over_days": 0,
+        "break_days": 5,
+        "oldest_break_detected_at": None,
+        "failed_payouts_last_30_days": 1,
+        "unapplied_deposits_last_30_days": 0,
+        "unapplied_amount": 0,
+    }
+    # a consumer of Bounced pays 999 yuan for a 1,000-yuan card: the bank's deposit is kept unapplied
+    merchant = shops["Bounced"]
+    plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=1000 * YUAN)
+    consumer_id, _ = await consumer_token(client, merchant, f"1391234{next(_phones):04d}")
+    sold = await client.post(
+        "/v1/cards",
+        json={"plan_id": plan["id"], "consumer_id": consumer_id},
+        headers={**bearer(merchant.token), **key()},
+    )
+    assert sold.status_code == 201, sold.text
+    refused = await client.post(
+        "/v1/deposits",
+        json={
+            "payment_reference": sold.json()["payment"]["payment_reference"],
+            "amount": {"amount": 999 * YUAN, "currency": "CNY"},
+            "bank_transaction_id": bank_transaction_id(),
+        },
+        headers=key(),
+        auth=world.bank.auth,
+    )
+    assert refused.status_code == 422, refused.text
+    await run(sessionmaker, settings)
+    (warning,) = await warnings_of(client, world.regulator)
+    assert warning["level"] == "alert" and warning["runs"] == 2
+    assert warning["figures"]["unapplied_deposits_last_30_days"] == 1
+    assert warning["figures"]["unapplied_amount"] == 999 * YUAN
+    assert warning["figures"]["failed_payouts_last_30_days"] == 1
+
+
+# --- a vanishing gym, end to end ------------------------------------------------------------------------------
+
+
+async def test_a_vanishing_gym_warns_in_the_order_it_vanishes(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """Day 0 is today; the history lies in the past (rows dated back) and the signals run at successive moments.
+
+    - day -100: five members buy 20 sessions for 2,000 yuan (10,000 yuan);
+    - days -74 to -31: one service a day (44 services);
+    - day -31: a push: a plan of 20 sessions for 800 yuan (40 % of the 100-yuan list price), four cards sold
+      (3,200 yuan in a week against a weekly average of 778 yuan);
+    - days -30 to -16: services fade: two in 14 days;
+    - day -10: two of the push's buyers ask for their money back.
+    Runs on days -30, -16 and -5: deep discount and sales surge first, then service collapse, then refund rate.
+    """
+    settings = settings.model_copy(update={"warning_sales_surge_floor": 1000 * YUAN})
+    gym = await world.shop("Vanishing Gym", category="gym")
+    start = utcnow()
+
+    def day(n: int) -> datetime:
+        return start + timedelta(days=n)
+
+    regular = await create_plan(
+        client, gym, kind="sessions", sessions=20, price=2000 * YUAN, list_price_per_session=100 * YUAN
+    )
+    members = []
+    for _ in range(5):  # day -100: five members, 2,000 yuan each
+        card, _ = await world.sell(gym, regular["id"])
+        await world.backdate("cards", "paid_at", card, 100)
+        members.append(card)
+    for n in range(44):  # days -74 … -31: a service a day
+        service = await world.service(gym, members[n % 5])
+        await world.backdate("consumptions", "recorded_at", service, 74 - n)
+    push = await create_plan(
+        client, gym, kind="sessions", sessions=20, price=800 * YUAN, list_price_per_session=100 * YUAN
+    )
+    await world.backdate("plans", "created_at", push["id"], 32)
+    buyers = []
+    for _ in range(4):  # day -31: four cards at 800 yuan
+        card, consumer = await world.sell(gym, push["id"])
+        await world.backdate("cards", "paid_at", card, 31)
+        buyers.append((card, consumer))
+    for ago in (25, 20):  # days -30 … -16: two services only
+        await world.backdate("consumptions", "recorded_at", await world.service(gym, members[0]), ago)
+    for card, consumer in buyers[:2]:  # day -10: two refund requests
+        refund = await world.refund(consumer, card)
+        await world.backdate("refunds", "requested_at", refund["id"], 10)
+
+    # day -30: the push shows: deep discount (40 % of list) and a sales surge (3,200 yuan vs 3 x 778)
+    await run(sessionmaker, settings, day(-30))
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, gym) == ["deep_discount", "sales_surge"]
+    figures = {w["kind"]: w["figures"] for w in rows}
+    assert figures["deep_discount"]["price_percent_of_list"] == 40.0
+    assert figures["sales_surge"]["sales_last_7_days"] == 3200 * YUAN
+    assert figures["sales_surge"]["sales_previous_90_days"] == 10_000 * YUAN
+    # day -16: services collapsed: 2 services for 9 cards in 14 days against 44 for 9 cards in 60 days (19.5 %)
+    await run(sessionmaker, settings, day(-16))
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, gym) == ["deep_discount", "sales_surge", "service_collapse"]
+    (collapse,) = [w for w in rows if w["kind"] == "service_collapse"]
+    assert collapse["figures"]["services_last_14_days"] == 2
+    assert collapse["figures"]["services_previous_60_days"] == 44
+    assert collapse["figures"]["percent_of_previous_rate"] == 19.5
+    # day -5: refunds: 2 requests for 9 active cards, 22.22 per 100
+    await run(sessionmaker, settings, day(-5))
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, gym) == ["deep_discount", "refund_rate", "sales_surge", "service_collapse"]
+    (refunds,) = [w for w in rows if w["kind"] == "refund_rate"]
+    assert refunds["figures"]["refund_requests_last_30_days"] == 2
+    assert refunds["figures"]["active_cards_last_30_days"] == 9
+    assert refunds["level"] == "alert"
+    opened = {w["kind"]: datetime.fromisoformat(w["opened_at"]) for w in rows}
+    assert opened["deep_discount"] == opened["sales_surge"] < opened["service_collapse"] < opened["refund_rate"]
 
 
 # --- lifecycle, access, reruns --------------------------------------------------------------------------------
