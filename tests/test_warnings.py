@@ -8,7 +8,8 @@ Histories are built through the API; the clock is moved by test-only means, docu
   the test database — the only thing the API cannot do.
 """
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from escrow.config import Settings
-from escrow.kit.clock import utcnow
+from escrow.kit.clock import business_date, utcnow
 from escrow.risk import service
 from tests.closing import confirm_service, record_service
 from tests.parties import (
@@ -364,31 +365,40 @@ async def test_dispute_rate_one_card_short_of_five_disputes_per_hundred(
 async def test_refund_overdue_one_day_past_its_due_date(
     world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
 ) -> None:
-    """A consumer ends a 100-yuan card; the refund is due 15 days after the request (domain.md §5) and the bank does
-    not pay it. On the due date nothing is raised; the day after, an alert. (The refund-rate threshold is moved out
-    of the way — one request on one card is 100 per 100 — so only the overdue refund shows.)"""
+    """A consumer ends a 100-yuan card the day it was bought (cooling-off): the refund is due within 5 days of
+    approval (domain.md §5) and the bank does not pay it. On the due date nothing is raised; the day after, an
+    alert. (The refund-rate threshold is moved out of the way, since one request on one card is 100 per 100, so only
+    the overdue refund shows.)"""
     settings = settings.model_copy(update={"warning_refund_rate": 100})
     merchant = await world.shop("Slow Payer")
     plan = await create_plan(client, merchant, kind="sessions", sessions=10, price=100 * YUAN)
     card, consumer = await world.sell(merchant, plan["id"])
     refund = await world.refund(consumer, card)
     assert refund["status"] == "instructed"
-    due_on = refund["due_on"]
-    start = utcnow()
-    # day 15: due today, not yet overdue
-    await run(sessionmaker, settings, start + timedelta(days=15))
+    due_on = date.fromisoformat(refund["due_on"])
+    assert due_on == business_date(utcnow(), settings.business_timezone) + timedelta(days=5)
+
+    def noon(day: date) -> datetime:  # midday in Shanghai of a business date
+        return datetime.combine(day, time(12), ZoneInfo(settings.business_timezone))
+
+    # the due date: the bank may still pay today
+    await run(sessionmaker, settings, noon(due_on))
     assert await warnings_of(client, world.regulator) == []
-    # day 16: one day overdue
-    await run(sessionmaker, settings, start + timedelta(days=16))
+    # the day after: one day overdue, 100 yuan
+    await run(sessionmaker, settings, noon(due_on + timedelta(days=1)))
     (warning,) = await warnings_of(client, world.regulator)
     assert warning["kind"] == "refund_overdue" and warning["merchant_id"] == merchant.id
     assert warning["level"] == "alert"
     assert warning["figures"] == {
         "overdue_refunds": 1,
         "overdue_amount": 10_000,
-        "oldest_due_on": due_on,
+        "oldest_due_on": due_on.isoformat(),
         "days_overdue": 1,
     }
+    assert (warning["period_start"], warning["period_end"]) == (
+        due_on.isoformat(),
+        (due_on + timedelta(days=1)).isoformat(),
+    )
 
 
 async def test_presence_one_service_above_half_confirmed_without_the_code(
@@ -531,83 +541,6 @@ async def test_money_trail_a_failed_payout_and_an_unapplied_deposit(
     assert warning["figures"]["unapplied_deposits_last_30_days"] == 1
     assert warning["figures"]["unapplied_amount"] == 999 * YUAN
     assert warning["figures"]["failed_payouts_last_30_days"] == 1
-
-
-# --- a vanishing gym, end to end ------------------------------------------------------------------------------
-
-
-async def test_a_vanishing_gym_warns_in_the_order_it_vanishes(
-    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
-) -> None:
-    """Day 0 is today; the history lies in the past (rows dated back) and the signals run at successive moments.
-
-    - day -100: five members buy 20 sessions for 2,000 yuan (10,000 yuan);
-    - days -74 to -31: one service a day (44 services);
-    - day -31: a push: a plan of 20 sessions for 800 yuan (40 % of the 100-yuan list price), four cards sold
-      (3,200 yuan in a week against a weekly average of 778 yuan);
-    - days -30 to -16: services fade: two in 14 days;
-    - day -10: two of the push's buyers ask for their money back.
-    Runs on days -30, -16 and -5: deep discount and sales surge first, then service collapse, then refund rate.
-    """
-    settings = settings.model_copy(update={"warning_sales_surge_floor": 1000 * YUAN})
-    gym = await world.shop("Vanishing Gym", category="gym")
-    start = utcnow()
-
-    def day(n: int) -> datetime:
-        return start + timedelta(days=n)
-
-    regular = await create_plan(
-        client, gym, kind="sessions", sessions=20, price=2000 * YUAN, list_price_per_session=100 * YUAN
-    )
-    members = []
-    for _ in range(5):  # day -100: five members, 2,000 yuan each
-        card, _ = await world.sell(gym, regular["id"])
-        await world.backdate("cards", "paid_at", card, 100)
-        members.append(card)
-    for n in range(44):  # days -74 … -31: a service a day
-        service = await world.service(gym, members[n % 5])
-        await world.backdate("consumptions", "recorded_at", service, 74 - n)
-    push = await create_plan(
-        client, gym, kind="sessions", sessions=20, price=800 * YUAN, list_price_per_session=100 * YUAN
-    )
-    await world.backdate("plans", "created_at", push["id"], 32)
-    buyers = []
-    for _ in range(4):  # day -31: four cards at 800 yuan
-        card, consumer = await world.sell(gym, push["id"])
-        await world.backdate("cards", "paid_at", card, 31)
-        buyers.append((card, consumer))
-    for ago in (25, 20):  # days -30 … -16: two services only
-        await world.backdate("consumptions", "recorded_at", await world.service(gym, members[0]), ago)
-    for card, consumer in buyers[:2]:  # day -10: two refund requests
-        refund = await world.refund(consumer, card)
-        await world.backdate("refunds", "requested_at", refund["id"], 10)
-
-    # day -30: the push shows: deep discount (40 % of list) and a sales surge (3,200 yuan vs 3 x 778)
-    await run(sessionmaker, settings, day(-30))
-    rows = await warnings_of(client, world.regulator)
-    assert kinds(rows, gym) == ["deep_discount", "sales_surge"]
-    figures = {w["kind"]: w["figures"] for w in rows}
-    assert figures["deep_discount"]["price_percent_of_list"] == 40.0
-    assert figures["sales_surge"]["sales_last_7_days"] == 3200 * YUAN
-    assert figures["sales_surge"]["sales_previous_90_days"] == 10_000 * YUAN
-    # day -16: services collapsed: 2 services for 9 cards in 14 days against 44 for 9 cards in 60 days (19.5 %)
-    await run(sessionmaker, settings, day(-16))
-    rows = await warnings_of(client, world.regulator)
-    assert kinds(rows, gym) == ["deep_discount", "sales_surge", "service_collapse"]
-    (collapse,) = [w for w in rows if w["kind"] == "service_collapse"]
-    assert collapse["figures"]["services_last_14_days"] == 2
-    assert collapse["figures"]["services_previous_60_days"] == 44
-    assert collapse["figures"]["percent_of_previous_rate"] == 19.5
-    # day -5: refunds: 2 requests for 9 active cards, 22.22 per 100
-    await run(sessionmaker, settings, day(-5))
-    rows = await warnings_of(client, world.regulator)
-    assert kinds(rows, gym) == ["deep_discount", "refund_rate", "sales_surge", "service_collapse"]
-    (refunds,) = [w for w in rows if w["kind"] == "refund_rate"]
-    assert refunds["figures"]["refund_requests_last_30_days"] == 2
-    assert refunds["figures"]["active_cards_last_30_days"] == 9
-    assert refunds["level"] == "alert"
-    opened = {w["kind"]: datetime.fromisoformat(w["opened_at"]) for w in rows}
-    assert opened["deep_discount"] == opened["sales_surge"] < opened["service_collapse"] < opened["refund_rate"]
 
 
 # --- lifecycle, access, reruns --------------------------------------------------------------------------------
