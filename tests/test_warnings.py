@@ -543,6 +543,83 @@ async def test_money_trail_a_failed_payout_and_an_unapplied_deposit(
     assert warning["figures"]["failed_payouts_last_30_days"] == 1
 
 
+# --- a vanishing gym, end to end ------------------------------------------------------------------------------
+
+
+async def test_a_vanishing_gym_warns_in_the_order_it_vanishes(
+    world: World, client: httpx.AsyncClient, sessionmaker: async_sessionmaker, settings: Settings
+) -> None:
+    """Day 0 is today; the history lies in the past (rows dated back) and the signals run at successive moments.
+
+    - day -100: five members buy 20 sessions for 2,000 yuan (10,000 yuan);
+    - days -74 to -31: one service a day (44 services);
+    - day -31: a push: a plan of 20 sessions for 800 yuan (40 % of the 100-yuan list price), four cards sold
+      (3,200 yuan in a week against a weekly average of 778 yuan);
+    - days -30 to -16: services fade: two in 14 days;
+    - day -10: two of the push's buyers ask for their money back.
+    Runs on days -30, -16 and -5: deep discount and sales surge first, then service collapse, then refund rate.
+    """
+    settings = settings.model_copy(update={"warning_sales_surge_floor": 1000 * YUAN})
+    gym = await world.shop("Vanishing Gym", category="gym")
+    start = utcnow()
+
+    def day(n: int) -> datetime:
+        return start + timedelta(days=n)
+
+    regular = await create_plan(
+        client, gym, kind="sessions", sessions=20, price=2000 * YUAN, list_price_per_session=100 * YUAN
+    )
+    members = []
+    for _ in range(5):  # day -100: five members, 2,000 yuan each
+        card, _ = await world.sell(gym, regular["id"])
+        await world.backdate("cards", "paid_at", card, 100)
+        members.append(card)
+    for n in range(44):  # days -74 … -31: a service a day
+        service = await world.service(gym, members[n % 5])
+        await world.backdate("consumptions", "recorded_at", service, 74 - n)
+    push = await create_plan(
+        client, gym, kind="sessions", sessions=20, price=800 * YUAN, list_price_per_session=100 * YUAN
+    )
+    await world.backdate("plans", "created_at", push["id"], 32)
+    buyers = []
+    for _ in range(4):  # day -31: four cards at 800 yuan
+        card, consumer = await world.sell(gym, push["id"])
+        await world.backdate("cards", "paid_at", card, 31)
+        buyers.append((card, consumer))
+    for ago in (25, 20):  # days -30 … -16: two services only
+        await world.backdate("consumptions", "recorded_at", await world.service(gym, members[0]), ago)
+    for card, consumer in buyers[:2]:  # day -10: two refund requests
+        refund = await world.refund(consumer, card)
+        await world.backdate("refunds", "requested_at", refund["id"], 10)
+
+    # day -30: the push shows: deep discount (40 % of list) and a sales surge (3,200 yuan vs 3 x 778)
+    await run(sessionmaker, settings, day(-30))
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, gym) == ["deep_discount", "sales_surge"]
+    figures = {w["kind"]: w["figures"] for w in rows}
+    assert figures["deep_discount"]["price_percent_of_list"] == 40.0
+    assert figures["sales_surge"]["sales_last_7_days"] == 3200 * YUAN
+    assert figures["sales_surge"]["sales_previous_90_days"] == 10_000 * YUAN
+    # day -16: services collapsed: 2 services for 9 cards in 14 days against 44 for 9 cards in 60 days (19.5 %)
+    await run(sessionmaker, settings, day(-16))
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, gym) == ["deep_discount", "sales_surge", "service_collapse"]
+    (collapse,) = [w for w in rows if w["kind"] == "service_collapse"]
+    assert collapse["figures"]["services_last_14_days"] == 2
+    assert collapse["figures"]["services_previous_60_days"] == 44
+    assert collapse["figures"]["percent_of_previous_rate"] == 19.5
+    # day -5: refunds: 2 requests for 9 active cards, 22.22 per 100
+    await run(sessionmaker, settings, day(-5))
+    rows = await warnings_of(client, world.regulator)
+    assert kinds(rows, gym) == ["deep_discount", "refund_rate", "sales_surge", "service_collapse"]
+    (refunds,) = [w for w in rows if w["kind"] == "refund_rate"]
+    assert refunds["figures"]["refund_requests_last_30_days"] == 2
+    assert refunds["figures"]["active_cards_last_30_days"] == 9
+    assert refunds["level"] == "alert"
+    opened = {w["kind"]: datetime.fromisoformat(w["opened_at"]) for w in rows}
+    assert opened["deep_discount"] == opened["sales_surge"] < opened["service_collapse"] < opened["refund_rate"]
+
+
 # --- lifecycle, access, reruns --------------------------------------------------------------------------------
 
 
