@@ -45,6 +45,7 @@ from escrow.payouts import endpoints as payout_endpoints
 from escrow.plans import endpoints as plan_endpoints
 from escrow.reconciliation import endpoints as reconciliation_endpoints
 from escrow.refunds import endpoints as refund_endpoints
+from escrow.risk import endpoints as warning_endpoints
 from escrow.sms import SmsDispatcher, sender_for
 from escrow.unit_of_work import UnitOfWorkMiddleware, provide_db_session
 
@@ -75,6 +76,14 @@ ROUTES: list[ControllerRouterHandler] = [
     merchant_endpoints.get_merchant,
     merchant_endpoints.change_merchant_status,
     merchant_endpoints.change_custody_model,
+    merchant_endpoints.change_region,
+    warning_endpoints.run_warnings,
+    warning_endpoints.list_warnings,
+    warning_endpoints.warnings_summary,
+    warning_endpoints.get_warning,
+    warning_endpoints.acknowledge_warning,
+    warning_endpoints.resolve_warning,
+    warning_endpoints.escalate_warning,
     escrow_endpoints.apply_for_escrow_account,
     escrow_endpoints.list_escrow_accounts,
     escrow_endpoints.get_escrow_account,

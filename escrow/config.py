@@ -187,6 +187,70 @@ class Settings(BaseSettings):
         description="A ledger movement the bank's statements don't show is in transit until the latest statement is "
         "this many days past the movement's business date; then it is a break.",
     )
+    # --- early warnings (escrow/risk, issue #14 §1) ---
+    warning_sales_surge_factor: float = Field(
+        default=3.0,
+        gt=0,
+        description="Sales surge: the last 7 days' sales above this multiple of the weekly average "
+        "of the 90 days before.",
+    )
+    warning_sales_surge_floor: int = Field(
+        default=5_000_000, ge=0, description="Sales surge: and the last 7 days' sales above this amount (fen)."
+    )
+    warning_deep_discount_percent: float = Field(
+        default=50,
+        gt=0,
+        le=100,
+        description="Deep discount: a plan's price per unit below this percentage of its list "
+        "price per unit (face value for stored-value plans).",
+    )
+    warning_service_collapse_percent: float = Field(
+        default=40,
+        gt=0,
+        le=100,
+        description="Service collapse: services per active card in the last 14 days below "
+        "this percentage of the previous 60 days' rate.",
+    )
+    warning_service_silence_days: int = Field(
+        default=7,
+        ge=1,
+        description="Service collapse: no service at all for this many days while active cards hold value.",
+    )
+    warning_exposure_percent: float = Field(
+        default=20,
+        gt=0,
+        description="Unprotected exposure: unprotected value outstanding above this percentage of the "
+        "last 12 months' released value.",
+    )
+    warning_exposure_amount: int = Field(
+        default=100_000_000, ge=0, description="Unprotected exposure: or above this amount (fen)."
+    )
+    warning_refund_rate: float = Field(
+        default=5,
+        gt=0,
+        description="Refund requests per 100 active cards over 30 days above which a warning is raised.",
+    )
+    warning_dispute_rate: float = Field(
+        default=5,
+        gt=0,
+        description="Disputed services per 100 active cards over 30 days above which a warning is raised.",
+    )
+    warning_presence_percent: float = Field(
+        default=50,
+        ge=0,
+        le=100,
+        description="Presence: share (%) of the last 30 days' confirmed services confirmed "
+        "without the consumer's presence code above which a warning is raised (merchants using presence codes).",
+    )
+    warning_break_days: int = Field(
+        default=5, ge=1, description="Money trail: reconciliation breaks open longer than this many days."
+    )
+    warning_alert_multiple: float = Field(
+        default=2,
+        ge=1,
+        description="A figure at this multiple of its threshold (or beyond) raises an alert rather "
+        "than an attention warning.",
+    )
     jobs_interval_seconds: float = Field(
         default=60, ge=0, description="How often the service runs its background jobs (0: never; see run-jobs)."
     )

@@ -32,6 +32,7 @@ from escrow.models import JobRun
 from escrow.payouts import service as payouts
 from escrow.reconciliation import matching as reconciliation
 from escrow.refunds import service as refunds
+from escrow.risk import service as risk
 from escrow.sms import SmsSender, deliver_due, sender_for
 
 log = structlog.get_logger("escrow.jobs")
@@ -77,6 +78,21 @@ async def daily_expiry_notices(session: AsyncSession, settings: Settings, now: d
     if claimed is None:
         return None
     return await notices.cards_expiring(session, settings, today)
+
+
+async def daily_warnings(session: AsyncSession, settings: Settings, now: datetime) -> int | None:
+    """The signals over all merchants, once per business date (None when already done today): opens or updates
+    early warnings (escrow/risk); returns how many warnings it opened or updated."""
+    claimed = await session.scalar(
+        insert(JobRun)
+        .values(job="warnings", business_date=business_date(now, settings.business_timezone))
+        .on_conflict_do_nothing()
+        .returning(JobRun.job)
+    )
+    if claimed is None:
+        return None
+    outcome = await risk.run_signals(session, settings, now)
+    return sum(outcome.opened.values()) + sum(outcome.updated.values())
 
 
 async def run_jobs_once(
@@ -140,6 +156,9 @@ async def run_jobs_once(
     async def expiring(session: AsyncSession) -> int:
         return await daily_expiry_notices(session, settings, now) or 0  # all at once (a second batch finds none)
 
+    async def warnings(session: AsyncSession) -> int:
+        return await daily_warnings(session, settings, now) or 0  # all at once (a second batch finds it done)
+
     async def notify(session: AsyncSession) -> int:
         return await notices.queue_due(session, settings, keyring, limit)
 
@@ -166,6 +185,7 @@ async def run_jobs_once(
         ("fund_owed_payments", owed, limit),
         ("reconciliation_runs", reconcile, 1),
         ("card_expiry_notices", expiring, limit),
+        ("warnings_raised_or_updated", warnings, 2**62),
         ("notices_queued", notify, limit),
         ("bank_nonces_forgotten", nonces, limit),
         ("rate_counts_forgotten", counts, limit),

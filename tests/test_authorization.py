@@ -108,6 +108,16 @@ class World:
         return by_route.get(role, self.callers[role])
 
 
+async def warnings_of(client: httpx.AsyncClient, regulator: str, *merchants: Merchant) -> dict[str, str]:
+    """A deep-discount warning for each merchant (a plan at a tenth of its list price, then a run): their ids."""
+    for merchant in merchants:
+        await create_plan(client, merchant, kind="sessions", sessions=10, price=10_000, list_price_per_session=10_000)
+    ran = await client.post("/v1/warnings/runs", headers={**bearer(regulator), **key()})
+    assert ran.status_code == 200, ran.text
+    rows = (await client.get("/v1/warnings", params={"kind": "deep_discount"}, headers=bearer(regulator))).json()
+    return {w["merchant_id"]: w["id"] for w in rows}
+
+
 async def spare(session: AsyncSession, role: str, principal_id: str) -> str:
     token, _ = await issue_token(session, role, "spare", principal_id=principal_id)
     await session.commit()
@@ -344,8 +354,10 @@ async def world(
         "merchant": Caller("merchant", merchant.token, spare_token_id=await spare(session, "merchant", merchant.id)),
         "consumer": Caller("consumer", consumer_secret, spare_token_id=await spare(session, "consumer", consumer_id)),
     }
+    warning_ids = await warnings_of(client, regulator, merchant, other_merchant)
     own_objects = {
         **await reconciliation_of(client, bank, account),
+        "warning_id": warning_ids[merchant.id],
         "bank_id": bank.id,
         "merchant_id": merchant.id,
         "consumer_id": consumer_id,
@@ -376,6 +388,7 @@ async def world(
         "token_id": other_token,
         "closure_id": closures.ids["other"],
         "complaint_id": await complaint(other_consumer_secret, other_merchant.id),
+        "warning_id": warning_ids[other_merchant.id],
         **other_cards,
     }
     return World(
@@ -445,6 +458,10 @@ async def body_for(
         "/v1/banks/{bank_id}/tokens": {"name": "matrix"},
         "/v1/tokens": {"name": "another regulator"},
         "/v1/merchants/{merchant_id}/custody-model": {"model": "ratio", "reason": "matrix"},
+        "/v1/merchants/{merchant_id}/region": {"region": "440306", "reason": "matrix"},
+        "/v1/warnings/{warning_id}/acknowledge": {"note": "matrix"},
+        "/v1/warnings/{warning_id}/escalate": {"note": "matrix"},
+        "/v1/warnings/{warning_id}/resolve": {"note": "matrix"},
         "/v1/plans": {
             "name": "matrix plan",
             "kind": "sessions",

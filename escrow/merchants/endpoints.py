@@ -15,6 +15,7 @@ from escrow.merchants.schemas import (
     MerchantCreated,
     MerchantOut,
     MerchantStatusChange,
+    RegionChange,
 )
 
 TAGS = ["merchants"]
@@ -108,3 +109,25 @@ async def change_custody_model(
     """
     request.scope["state"][AUDIT_DETAIL] = {"model": data.model, "reason": data.reason}
     return MerchantOut.model_validate(await service.set_custody_model(db_session, principal, merchant_id, data.model))
+
+
+@post(
+    "/v1/merchants/{merchant_id:str}/region",
+    guards=[requires("regulator")],
+    tags=TAGS,
+    status_code=200,
+    summary="Set the county-level division a merchant trades in",
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def change_region(
+    merchant_id: Annotated[str, path_id("merchant")],
+    data: JSONBody[RegionChange],
+    request: Request,
+    db_session: DbSession,
+    principal: PrincipalDep,
+) -> MerchantOut:
+    """Sets the merchant's region (行政区划代码 of a county-level division in the bundled table; any other code is
+    refused with 422). Warnings are read by region from then on. The reason is kept in the audit trail.
+    """
+    request.scope["state"][AUDIT_DETAIL] = {"region": data.region, "reason": data.reason}
+    return MerchantOut.model_validate(await service.set_region(db_session, principal, merchant_id, data.region))

@@ -34,6 +34,7 @@ async def create(session: AsyncSession, keyring: Keyring, data: MerchantCreate) 
         settlement_account_masked=mask_account_number(data.settlement_account),
         status="active",
         opened_on=data.opened_on or date.today(),  # noqa: DTZ011 - a calendar date, not an instant
+        region=data.region,
     )
     session.add(merchant)
     try:
@@ -73,5 +74,13 @@ async def set_custody_model(session: AsyncSession, principal: Principal, merchan
     """Move a merchant between full custody and the ratio model; cards already sold keep their ratio."""
     merchant = await get(session, principal, merchant_id, lock=True)
     merchant.custody_model = model
+    await session.flush()
+    return merchant
+
+
+async def set_region(session: AsyncSession, principal: Principal, merchant_id: str, region: str) -> Merchant:
+    """Set the county-level division a merchant trades in (validated by the request model)."""
+    merchant = await get(session, principal, merchant_id, lock=True)
+    merchant.region = region
     await session.flush()
     return merchant

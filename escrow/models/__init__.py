@@ -43,6 +43,7 @@ from escrow.models.reconciliation import (
 )
 from escrow.models.sms import SmsOutbox, SmsSink
 from escrow.models.token import ApiToken
+from escrow.models.warning import RiskWarning
 
 __all__ = [
     "ApiToken",
@@ -77,6 +78,7 @@ __all__ = [
     "ReconciliationBreak",
     "ReconciliationMatch",
     "Refund",
+    "RiskWarning",
     "SmsOutbox",
     "SmsSink",
     "TakeoverDecision",

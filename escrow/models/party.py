@@ -51,6 +51,8 @@ class Merchant(Base):
     # full: 100 % custody; ratio: the custody ratio of the merchant's credit rating (domain.md §5), opt-in
     custody_model: Mapped[str] = mapped_column(String(10), server_default="full")
     opened_on: Mapped[date] = mapped_column(Date)
+    # 行政区划代码 of the county-level division it trades in (escrow/risk/regions.csv); NULL: not given yet
+    region: Mapped[str | None] = mapped_column(String(6), index=True)
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
 
 
