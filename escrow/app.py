@@ -25,6 +25,7 @@ from escrow.complaints import endpoints as complaint_endpoints
 from escrow.config import Settings, get_settings, load_secret_key
 from escrow.consumers import endpoints as consumer_endpoints
 from escrow.consumptions import endpoints as consumption_endpoints
+from escrow.credit import endpoints as credit_endpoints
 from escrow.db import create_engine, create_sessionmaker, resolve_database_url
 from escrow.disclosure import endpoints as disclosure_endpoints
 from escrow.errors import exception_handlers
@@ -143,6 +144,12 @@ ROUTES: list[ControllerRouterHandler] = [
     complaint_endpoints.get_complaint,
     complaint_endpoints.answer_complaint,
     complaint_endpoints.mediate_complaint,
+    credit_endpoints.run_credit,
+    credit_endpoints.white_list,
+    credit_endpoints.get_credit,
+    credit_endpoints.override_credit,
+    credit_endpoints.record_penalty,
+    credit_endpoints.list_penalties,
     disclosure_endpoints.search_merchants,
     disclosure_endpoints.public_merchant,
     fund_endpoints.set_fund_bank_account,

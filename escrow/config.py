@@ -251,6 +251,60 @@ class Settings(BaseSettings):
         description="A figure at this multiple of its threshold (or beyond) raises an alert rather "
         "than an attention warning.",
     )
+    # --- credit grades and the white list (escrow/credit, issue #14 §2; README "Credit grades and the white list")
+    credit_weights: dict[str, int] = Field(
+        default={
+            "warnings_open_alert": 15,
+            "warnings_open_attention": 5,
+            "warnings_past_alert": 4,
+            "warnings_past_attention": 1,
+            "complaints_upheld": 6,
+            "complaints_partly_upheld": 3,
+            "complaints_answered_late": 2,
+            "refunds_overdue_unpaid": 15,
+            "refunds_paid_late": 4,
+            "breaks_open": 8,
+            "penalties_major": 40,
+            "penalties_minor": 10,
+            "age_years": 2,
+        },
+        description="Credit grade: points per unit of each factor (JSON). Every factor but age_years takes its "
+        "points off the base score; age_years adds its points per full year in business (up to "
+        "credit_age_years_counted). All weights are at least 0, so more of a bad factor never improves a grade.",
+    )
+    credit_grade_cutoffs: dict[str, int] = Field(
+        default={"A": 90, "B": 75, "C": 60},
+        description="Credit grade: the least score (0 to 100) of grades A, B and C (JSON); below C's: D.",
+    )
+    credit_base_score: int = Field(default=100, ge=0, le=100, description="Credit grade: score before any factor.")
+    credit_age_years_counted: int = Field(
+        default=5, ge=0, description="Credit grade: most years in business that add to the score."
+    )
+    credit_lookback_days: int = Field(
+        default=365,
+        ge=1,
+        description="Credit grade: window of past (resolved) warnings, complaints and refunds paid late.",
+    )
+    credit_penalty_lookback_days: int = Field(
+        default=3 * 365, ge=1, description="Credit grade: window of the regulator's penalties (by decision date)."
+    )
+    credit_break_days: int = Field(
+        default=5, ge=0, description="Credit grade: reconciliation breaks count once open longer than this many days."
+    )
+    white_list_years: int = Field(
+        default=3, ge=1, description="White list: the years over which no condition may have broken."
+    )
+    white_list_repair_days: int = Field(
+        default=365,
+        ge=0,
+        description="White list: days after the last break of a condition (grade below A included) before a "
+        "merchant may re-enter (credit repair).",
+    )
+    white_list_money_complaint_categories: list[str] = Field(
+        default=["refund_refused", "closure"],
+        description="White list: complaint categories about money; one upheld or partly upheld in the window "
+        "keeps a merchant off (JSON).",
+    )
     jobs_interval_seconds: float = Field(
         default=60, ge=0, description="How often the service runs its background jobs (0: never; see run-jobs)."
     )
@@ -290,6 +344,31 @@ class Settings(BaseSettings):
     def _validate_ratios(cls, value: dict[str, int]) -> dict[str, int]:
         if set(value) != {"A", "B", "C", "D"} or not all(0 < v <= 10000 for v in value.values()):
             raise ValueError("needs ratios for A, B, C and D, each between 1 and 10000 basis points")
+        return value
+
+    @field_validator("credit_weights")
+    @classmethod
+    def _validate_credit_weights(cls, value: dict[str, int]) -> dict[str, int]:
+        from escrow.credit.scoring import FACTORS
+
+        if set(value) != set(FACTORS) or any(v < 0 for v in value.values()):
+            raise ValueError(f"needs a weight of at least 0 for each of {', '.join(FACTORS)}")
+        return value
+
+    @field_validator("credit_grade_cutoffs")
+    @classmethod
+    def _validate_cutoffs(cls, value: dict[str, int]) -> dict[str, int]:
+        if set(value) != {"A", "B", "C"} or not 100 >= value["A"] >= value["B"] >= value["C"] >= 0:
+            raise ValueError("needs least scores for A, B and C with 100 >= A >= B >= C >= 0")
+        return value
+
+    @field_validator("white_list_money_complaint_categories")
+    @classmethod
+    def _validate_money_categories(cls, value: list[str]) -> list[str]:
+        from escrow.models.complaint import COMPLAINT_CATEGORIES
+
+        if not set(value) <= set(COMPLAINT_CATEGORIES):
+            raise ValueError(f"categories must be among {', '.join(COMPLAINT_CATEGORIES)}")
         return value
 
     @field_validator("log_format")

@@ -23,6 +23,7 @@ from escrow.closures import service as closures
 from escrow.config import Settings, load_secret_key
 from escrow.consumers import service as consumers
 from escrow.consumptions import service as consumptions
+from escrow.credit import service as credit
 from escrow.errors import cause_summary, database_unavailable
 from escrow.fund import service as fund
 from escrow.kit.clock import business_date, utcnow
@@ -95,6 +96,20 @@ async def daily_warnings(session: AsyncSession, settings: Settings, now: datetim
     return sum(outcome.opened.values()) + sum(outcome.updated.values())
 
 
+async def monthly_credit_grades(session: AsyncSession, settings: Settings, now: datetime) -> int | None:
+    """Every merchant's grade (escrow/credit), once per calendar month (claimed on the month's first business
+    date; None when already done this month); returns how many merchants were graded."""
+    claimed = await session.scalar(
+        insert(JobRun)
+        .values(job="credit_grades", business_date=business_date(now, settings.business_timezone).replace(day=1))
+        .on_conflict_do_nothing()
+        .returning(JobRun.job)
+    )
+    if claimed is None:
+        return None
+    return (await credit.run(session, settings, now)).merchants
+
+
 async def run_jobs_once(
     sessionmaker: async_sessionmaker,
     settings: Settings,
@@ -159,6 +174,12 @@ async def run_jobs_once(
     async def warnings(session: AsyncSession) -> int:
         return await daily_warnings(session, settings, now) or 0  # all at once (a second batch finds it done)
 
+    async def grades(session: AsyncSession) -> int:
+        return await monthly_credit_grades(session, settings, now) or 0  # all at once (a second batch finds it done)
+
+    async def lapses(session: AsyncSession) -> int:
+        return await credit.apply_lapses(session, settings, now)  # all at once
+
     async def notify(session: AsyncSession) -> int:
         return await notices.queue_due(session, settings, keyring, limit)
 
@@ -186,6 +207,8 @@ async def run_jobs_once(
         ("reconciliation_runs", reconcile, 1),
         ("card_expiry_notices", expiring, limit),
         ("warnings_raised_or_updated", warnings, 2**62),
+        ("credit_overrides_lapsed", lapses, 2**62),
+        ("merchants_graded", grades, 2**62),
         ("notices_queued", notify, limit),
         ("bank_nonces_forgotten", nonces, limit),
         ("rate_counts_forgotten", counts, limit),

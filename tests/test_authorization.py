@@ -459,6 +459,17 @@ async def body_for(
         "/v1/tokens": {"name": "another regulator"},
         "/v1/merchants/{merchant_id}/custody-model": {"model": "ratio", "reason": "matrix"},
         "/v1/merchants/{merchant_id}/region": {"region": "440306", "reason": "matrix"},
+        "/v1/merchants/{merchant_id}/penalties": {
+            "kind": "fine",
+            "decided_on": date.today().isoformat(),
+            "decision_number": f"M-{time.monotonic_ns()}",
+            "major": False,
+        },
+        "/v1/merchants/{merchant_id}/credit/override": {
+            "grade": "B",
+            "reason": "matrix",
+            "lapses_on": (date.today() + timedelta(days=30)).isoformat(),
+        },
         "/v1/warnings/{warning_id}/acknowledge": {"note": "matrix"},
         "/v1/warnings/{warning_id}/escalate": {"note": "matrix"},
         "/v1/warnings/{warning_id}/resolve": {"note": "matrix"},

@@ -87,7 +87,7 @@ async def test_a_merchant_s_public_facts_and_nothing_more(client: httpx.AsyncCli
         "model": "full",
         "ratio_bp": 10_000,
     }
-    assert body["credit_rating"] == "A" and body["white_list"] is None
+    assert body["credit_rating"] == "A" and body["white_list"] is False  # not graded yet
     assert body["closing"] is False and body["closure"] is None
     upheld = body["complaints_upheld"]
     assert upheld["upheld"] == 2 and upheld["partly_upheld"] == 1
@@ -150,12 +150,16 @@ class TestPublicPage:
         assert empty.status_code == 200 and "商家信息公示查询" in empty.text, empty.text
         page = await client.get("/public", params={"q": "晨光"})
         assert page.status_code == 200, page.text
-        assert f'data-merchant="{shop["merchant"].id}"' in page.text and "尚未评定" in page.text
+        assert (
+            f'data-merchant="{shop["merchant"].id}"' in page.text
+            and "data-white-list" in page.text
+            and "尚未评定" not in page.text
+        )
         assert 'data-upheld="2"' in page.text and 'data-partly-upheld="1"' in page.text and "已托管" in page.text
         assert "私密的投诉内容" not in page.text and PHONE not in page.text
         assert "content-security-policy" in page.headers
         one = await client.get(f"/public/merchants/{shop['merchant'].id}?lang=en")
-        assert one.status_code == 200 and "Not assessed" in one.text
+        assert one.status_code == 200 and "Not assessed" not in one.text
         none = await client.get("/public", params={"q": "nobody"})
         assert "没有找到" in none.text
 

@@ -49,8 +49,9 @@ class PublicMerchant(BaseModel):
     status: str = Field(description="active, suspended, closing or closed.")
     custody: PublicCustody
     credit_rating: str = Field(description="The merchant's credit rating, A (best) to D.")
-    white_list: bool | None = Field(
-        description="On the 无事不扰 white list; null while white-list status is not assessed yet."
+    white_list: bool = Field(
+        description="On the 无事不扰 white list now: grade A and no major penalty, overdue refund, upheld complaint "
+        "about money or closure over the last years, nor within the credit-repair period."
     )
     closing: bool = Field(description="A closure was announced or ordered, or the merchant is closing or closed.")
     closure: PublicClosure | None

@@ -3,9 +3,9 @@
 Read-only and anonymous. It tells only what a business licence or the regulator's own findings would: the
 merchant's name, code, category and status; whether its prepaid money is in bank custody (an escrow account the
 bank activated), where, and the custody ratio a card sold now gets (the same rule cards are sold with,
-``escrow.cards.service.custody_ratio``); its credit rating; white-list status (not assessed yet: null); its
-closure; and complaints upheld or partly upheld in the last year, counted by category. Never a consumer, a card,
-an amount or a complaint's text.
+``escrow.cards.service.custody_ratio``); its credit rating; white-list status (``escrow.credit.service``, as
+read now); its closure; and complaints upheld or partly upheld in the last year, counted by category. Never a
+consumer, a card, an amount or a complaint's text.
 """
 
 import json
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from escrow import db
 from escrow.cards.service import custody_ratio
 from escrow.config import Settings
+from escrow.credit.service import standings
 from escrow.disclosure.schemas import PublicClosure, PublicComplaints, PublicCustody, PublicMerchant
 from escrow.errors import FieldInvalid, NotFound
 from escrow.kit.clock import business_date, utcnow
@@ -52,6 +53,7 @@ async def _disclose(
 ) -> list[PublicMerchant]:
     since = now - timedelta(days=COMPLAINTS_WINDOW_DAYS)
     facts = {row["id"]: row for row in await db.fetch(session, _FACTS, [m.id for m in merchants], since)}
+    credit = await standings(session, settings, merchants, now)
     out = []
     for m in merchants:
         f = facts[m.id]
@@ -79,7 +81,7 @@ async def _disclose(
                     ratio_bp=custody_ratio(settings, m, now),
                 ),
                 credit_rating=m.credit_rating,
-                white_list=None,
+                white_list=credit[m.id].white_list.on_list,
                 closing=closure is not None or m.status in ("closing", "closed"),
                 closure=closure,
                 complaints_upheld=PublicComplaints(

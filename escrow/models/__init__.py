@@ -21,6 +21,7 @@ from escrow.models.closure import (
     TakeoverDecision,
 )
 from escrow.models.complaint import Complaint
+from escrow.models.credit import CreditGrade, CreditOverride, Penalty
 from escrow.models.idempotency import IdempotencyKey
 from escrow.models.notice import Notice
 from escrow.models.party import (
@@ -61,6 +62,8 @@ __all__ = [
     "ConsumerCode",
     "ConsumerLink",
     "Consumption",
+    "CreditGrade",
+    "CreditOverride",
     "CustodyMovement",
     "EscrowAccount",
     "FundAccount",
@@ -71,6 +74,7 @@ __all__ = [
     "JobRun",
     "Merchant",
     "Notice",
+    "Penalty",
     "Plan",
     "PresenceFailure",
     "RateCount",
