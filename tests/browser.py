@@ -29,8 +29,11 @@ needs_chromium = pytest.mark.skipif(
 
 
 @asynccontextmanager
-async def phone_browser(base_url: str, *, lang: str = "zh-CN") -> AsyncIterator[Any]:
-    """A phone-sized page in a fresh browser context (its own cookies), Chinese and Shanghai time by default."""
+async def phone_browser(
+    base_url: str, *, lang: str = "zh-CN", viewport: dict[str, int] | None = None
+) -> AsyncIterator[Any]:
+    """A phone-sized page (or ``viewport``: a desk's screen) in a fresh browser context (its own cookies), Chinese
+    and Shanghai time by default."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -40,10 +43,10 @@ async def phone_browser(base_url: str, *, lang: str = "zh-CN") -> AsyncIterator[
         try:
             context = await browser.new_context(
                 base_url=base_url,
-                viewport=PHONE,
-                device_scale_factor=2,
-                is_mobile=True,
-                has_touch=True,
+                viewport=viewport or PHONE,
+                device_scale_factor=2 if viewport is None else 1,
+                is_mobile=viewport is None,
+                has_touch=viewport is None,
                 locale=lang,
                 timezone_id="Asia/Shanghai",
             )

@@ -175,3 +175,65 @@ def test_the_screenshots_are_named_in_the_docs() -> None:
     index = (SCREENSHOTS.parent / "pages.md").read_text()
     for name in re.findall(r"\(screenshots/([\w-]+)\.png\)", index):
         assert (SCREENSHOTS / f"{name}.png").exists(), name
+
+
+@pytest.mark.slow
+async def test_the_regulators_desk_overview_warnings_and_a_merchants_charts(db_url: str, session: AsyncSession) -> None:
+    """The regulator signs in at /desk with its API token, reads the overview, acknowledges a warning with the
+    queue's button, and opens the merchant's page with its SVG charts; no CSP violation on the way."""
+    with serve(db_url, secret_key=TEST_SECRET_KEY, auth_failure_limit="100000") as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            regulator = await regulator_token(session)
+            bank = await onboard_bank(client, regulator, "DESKB")
+            merchant = await onboard_ratio_merchant(client, regulator, "悦动健身房", rating="A", category="gym")
+            region = await client.post(
+                f"/v1/merchants/{merchant.id}/region",
+                json={"region": "440306", "reason": "test"},
+                headers={**bearer(regulator), **key()},
+            )
+            assert region.status_code == 200, region.text
+            await open_escrow_account(client, merchant, bank)
+            plan = await create_plan(
+                client, merchant, kind="sessions", price=90_000, sessions=10, list_price_per_session=20_000, name="私教"
+            )
+            for n in range(3):
+                registered = await client.post(
+                    "/v1/consumers", json={"phone": f"1370000990{n}"}, headers={**bearer(merchant.token), **key()}
+                )
+                card_id = await sell_and_pay(client, merchant, bank, plan["id"], registered.json()["id"])
+                recorded = await client.post(
+                    f"/v1/cards/{card_id}/consumptions",
+                    json={"sessions": 1},
+                    headers={**bearer(merchant.token), **key()},
+                )
+                assert recorded.status_code == 201, recorded.text
+            ran = await client.post("/v1/warnings/runs", headers={**bearer(regulator), **key()})
+            assert ran.json()["opened"]["deep_discount"] == 1, ran.text
+        csp_violations: list[str] = []
+        async with phone_browser(url, viewport={"width": 1280, "height": 900}) as page:
+            page.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+            await page.goto("/desk")
+            assert page.url.endswith("/desk/sign-in")
+            await page.fill("input[name=token]", regulator)
+            await page.click("form >> text=登录")
+            await page.wait_for_url("**/desk")
+            # 3 cards of 900 yuan, 40 % in custody: 1,080 protected and 1,620 not (pending services are the consumer's)
+            assert await page.inner_text("[data-figure=protected] .money") == yuan(108_000)
+            assert await page.inner_text("[data-figure=unprotected] .money") == yuan(162_000)
+            await screenshot(page, "desk-overview")
+
+            await page.click("nav >> text=预警队列")
+            await page.wait_for_url("**/desk/warnings")
+            row = page.locator("[data-warning][data-state=open]").filter(has_text="deep_discount")
+            await row.locator("input[name=note]").fill("已约谈商户")
+            await row.locator("button:has-text('确认知悉')").click()
+            await page.wait_for_selector("[data-warning][data-state=acknowledged]")
+
+            await page.click(f"a[href='/desk/merchants/{merchant.id}']")
+            await page.wait_for_url(f"**/desk/merchants/{merchant.id}")
+            for chart in ("sales", "services", "refunds", "disputes", "custody"):
+                assert await page.locator(f"[data-chart={chart}] svg").count() == 1, chart
+            assert await page.locator("[data-chart=sales] rect.bar").count() == 12
+            assert await page.get_attribute("[data-chart=sales] rect.bar >> nth=-1", "data-value") == "270000"
+            await screenshot(page, "desk-merchant")
+        assert csp_violations == []

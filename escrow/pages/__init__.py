@@ -1,5 +1,6 @@
-"""Pages for people (consumers at /app, merchants at /counter): server-rendered Jinja with htmx, every asset served
-by the package, sessions in sealed HttpOnly cookies, CSRF on every form, a Content-Security-Policy of 'self' only.
+"""Pages for people (consumers at /app, merchants at /counter, the regulator at /desk): server-rendered Jinja with
+htmx, every asset served by the package, sessions in sealed HttpOnly cookies, CSRF on every form, a
+Content-Security-Policy of 'self' only.
 
 Pages call the API's own handlers, so they show exactly what the API answers and obey the same rules.
 """
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from escrow.auth.tokens import Unauthenticated
 from escrow.config import Settings
 from escrow.errors import EscrowError
-from escrow.pages import consumer, merchant, public
+from escrow.pages import consumer, desk, merchant, public
 from escrow.pages.session import PAGE_PREFIXES
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -74,7 +75,7 @@ def csrf_config(secret: bytes) -> CSRFConfig:
 def router() -> Router:
     return Router(
         path="/",
-        route_handlers=[*consumer.ROUTES, *merchant.ROUTES, *public.ROUTES],
+        route_handlers=[*consumer.ROUTES, *merchant.ROUTES, *desk.ROUTES, *public.ROUTES],
         response_headers=[
             ResponseHeader(name="Content-Security-Policy", value=CONTENT_SECURITY_POLICY),
             ResponseHeader(name="X-Content-Type-Options", value="nosniff"),

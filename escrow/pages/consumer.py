@@ -366,7 +366,9 @@ async def sign_out(request: Request, db_session: DbSession, principal: Principal
 
 def unauthenticated(request: Request, _: Unauthenticated) -> Response:
     """Not signed in (or the session's token was revoked): to the sign-in page of the pages asked for."""
-    target = "/counter/sign-in" if request.url.path.startswith("/counter") else "/app/sign-in"
+    path = request.url.path
+    target = next((f"{p}/sign-in" for p in ("/counter", "/desk") if path == p or path.startswith(p + "/")), None)
+    target = target or "/app/sign-in"
     if request.headers.get("hx-request"):
         return Response(content="", status_code=200, headers={"HX-Redirect": target})
     return Redirect(target)

@@ -11,7 +11,7 @@ from typing import Any
 from litestar.datastructures import Cookie
 
 COOKIE = "escrow_session"
-PAGE_PREFIXES = ("/app", "/counter")
+PAGE_PREFIXES = ("/app", "/counter", "/desk")
 _CONTEXT = "page-session"
 
 
