@@ -96,4 +96,4 @@ async def record_after_rollback(
     await session.rollback()
     session.add_all(keep)
     add_record(session, scope, status, **record)
-    await session.commit()
+    await session.commit()  # transaction boundary: a refused request's audit record, after its rollback

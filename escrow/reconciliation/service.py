@@ -840,7 +840,7 @@ async def import_file(
             changed = sorted({i.statement.escrow_account_id for i in intakes if i.outcome != "unchanged"})
             runs = [await run_matching(session, settings, account_id) for account_id in changed]
             matched = time.perf_counter()
-            await session.commit()
+            await session.commit()  # transaction boundary: escrow reconcile FILE's own unit of work
             committed = time.perf_counter()
             for intake in intakes:
                 await session.refresh(intake.statement)

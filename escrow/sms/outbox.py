@@ -81,7 +81,7 @@ async def deliver_due(
     """Send what is due now; returns how many messages were sent."""
     async with sessionmaker() as session:
         claimed = (await session.execute(_CLAIM, {"limit": limit, "lease": settings.sms_lease_seconds})).all()
-        await session.commit()
+        await session.commit()  # transaction boundary: the claim (a lease) commits before anything is sent
     sent = 0
     for row in claimed:
         dead, error = False, None
@@ -101,7 +101,7 @@ async def deliver_due(
             else:
                 delay = 0 if dead else backoff_seconds(settings, row.attempts)
                 await session.execute(_FAILED, {"id": row.id, "dead": dead, "error": error[:500], "delay": delay})
-            await session.commit()
+            await session.commit()  # transaction boundary: each message's outcome in a transaction of its own
         if error is None:
             log.info("sms_sent", outbox_id=row.id, dedup_key=row.dedup_key, attempts=row.attempts)
         else:

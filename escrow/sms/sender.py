@@ -96,7 +96,7 @@ class DevSmsSink(SmsSender):
                     request_id=key,
                 )
             )
-            await session.commit()
+            await session.commit()  # transaction boundary: the development sink keeps what it received
 
 
 def sender_for(settings: Settings, sessionmaker: async_sessionmaker, keyring: Keyring) -> SmsSender:
