@@ -92,7 +92,8 @@ async def test_a_merchant_s_public_facts_and_nothing_more(client: httpx.AsyncCli
     upheld = body["complaints_upheld"]
     assert upheld["upheld"] == 2 and upheld["partly_upheld"] == 1
     assert upheld["by_category"] == {"refund_refused": 2, "service_not_delivered": 1}
-    text = response.text
+    # the merchant's own credit code is public and may contain any four digits: look for private data elsewhere
+    text = response.text.replace(shop["uscc"], "")
     for private in (shop["consumer_id"], shop["card_id"], PHONE, PHONE[-4:], "私密的投诉内容", "调解备注", "6222"):
         assert private not in text, private
 
