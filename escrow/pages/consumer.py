@@ -32,7 +32,7 @@ from escrow.kit.money import Money
 from escrow.kit.params import ID_MAX_LENGTH, ID_PATTERN, path_id
 from escrow.models.complaint import COMPLAINT_CATEGORIES
 from escrow.pages import i18n
-from escrow.pages.session import cleared_cookie, session_cookie
+from escrow.pages.session import session_cookie, sign_out
 from escrow.refunds import endpoints as refund_api
 from escrow.refunds.schemas import RefundRequest
 
@@ -355,13 +355,8 @@ async def file_complaint_page(
 
 
 @post("/app/sign-out", status_code=200, **FORM)
-async def sign_out(request: Request, db_session: DbSession, principal: PrincipalDep) -> Response:
-    from escrow.auth import tokens
-
-    await tokens.revoke(db_session, principal, principal.token_id)
-    response = Response(content="", status_code=200, headers={"HX-Redirect": "/app/sign-in"})
-    response.set_cookie(cleared_cookie())
-    return response
+async def consumer_sign_out(db_session: DbSession, principal: PrincipalDep) -> Response:
+    return await sign_out(db_session, principal, "/app/sign-in")
 
 
 def unauthenticated(request: Request, _: Unauthenticated) -> Response:
@@ -403,5 +398,5 @@ ROUTES = [
     closures_page,
     complaints_page,
     file_complaint_page,
-    sign_out,
+    consumer_sign_out,
 ]

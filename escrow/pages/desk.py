@@ -15,19 +15,17 @@ from litestar import Request, Response, get, post
 from litestar.params import QueryParameter
 from litestar.response import Template
 
-from escrow.auth import tokens
 from escrow.auth.guards import requires
 from escrow.closures import endpoints as closure_api
 from escrow.complaints import endpoints as complaint_api
 from escrow.deps import DbSession, KeyringDep, PrincipalDep, SettingsDep
-from escrow.errors import FieldInvalid
 from escrow.kit.clock import utcnow
 from escrow.kit.pagination import MAX_LIMIT
 from escrow.kit.params import path_id
 from escrow.merchants import endpoints as merchant_api
 from escrow.pages import charts
 from escrow.pages.consumer import context, read_form
-from escrow.pages.session import cleared_cookie, session_cookie
+from escrow.pages.session import sign_in_with_token, sign_out
 from escrow.reconciliation import endpoints as reconciliation_api
 from escrow.refunds import endpoints as refund_api
 from escrow.risk import desk as figures
@@ -39,12 +37,6 @@ PAGE = {"include_in_schema": False, "guards": REGULATOR}
 FORM = {**PAGE, "opt": {"page_form": True}}
 SESSION_SECONDS = 8 * 3600  # a desk session lasts an office day
 LIVE = ("open", "acknowledged", "escalated")
-
-
-class NotARegulatorToken(FieldInvalid):
-    status = 401
-    code = "invalid_token"
-    title = "Not a regulator's token"
 
 
 def _yuan(fen: int) -> str:
@@ -67,16 +59,15 @@ async def desk_sign_in_page(request: Request) -> Template:
 )
 async def desk_sign_in(request: Request, db_session: DbSession, keyring: KeyringDep) -> Response:
     form = await read_form(request)
-    try:
-        principal = await tokens.authenticate(db_session, f"Bearer {str(form.get('token') or '').strip()}")
-    except tokens.Unauthenticated:
-        principal = None
-    if principal is None or principal.role != "regulator":
-        raise NotARegulatorToken("token", "is not a regulator's active API token", rule="regulator_token")
-    _, secret = await tokens.issue_token(db_session, "regulator", "desk session", principal_id=principal.id)
-    response = Response(content="", status_code=200, headers={"HX-Redirect": "/desk"})
-    response.set_cookie(session_cookie(keyring, secret, max_age=SESSION_SECONDS))
-    return response
+    return await sign_in_with_token(
+        db_session,
+        keyring,
+        form.get("token", ""),
+        "regulator",
+        name="desk session",
+        home="/desk",
+        max_age=SESSION_SECONDS,
+    )
 
 
 @get("/desk", **PAGE)
@@ -275,10 +266,7 @@ async def complaints_page(request: Request, db_session: DbSession, principal: Pr
 
 @post("/desk/sign-out", status_code=200, **FORM)
 async def desk_sign_out(db_session: DbSession, principal: PrincipalDep) -> Response:
-    await tokens.revoke(db_session, principal, principal.token_id)  # the desk session's own token
-    response = Response(content="", status_code=200, headers={"HX-Redirect": "/desk/sign-in"})
-    response.set_cookie(cleared_cookie())
-    return response
+    return await sign_out(db_session, principal, "/desk/sign-in")  # the desk session's own token
 
 
 ROUTES = [

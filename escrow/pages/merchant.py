@@ -12,7 +12,6 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.response import Template
 
-from escrow.auth import tokens
 from escrow.auth.guards import requires
 from escrow.cards import endpoints as card_api
 from escrow.cards.schemas import CardSale
@@ -25,7 +24,7 @@ from escrow.errors import FieldInvalid
 from escrow.escrow_accounts import endpoints as account_api
 from escrow.kit.clock import business_date
 from escrow.pages.consumer import context, read_form
-from escrow.pages.session import cleared_cookie, session_cookie
+from escrow.pages.session import sign_in_with_token, sign_out
 from escrow.payouts import endpoints as payout_api
 from escrow.plans import endpoints as plan_api
 
@@ -33,12 +32,6 @@ MERCHANT = [requires("merchant")]
 PAGE = {"include_in_schema": False, "guards": MERCHANT}
 FORM = {**PAGE, "opt": {"page_form": True}}
 SESSION_SECONDS = 12 * 3600  # a counter session lasts a working day
-
-
-class NotAMerchantToken(FieldInvalid):
-    status = 401
-    code = "invalid_token"
-    title = "Not a merchant's token"
 
 
 @get("/counter/sign-in", include_in_schema=False)
@@ -55,16 +48,15 @@ async def counter_sign_in_page(request: Request) -> Template:
 )
 async def counter_sign_in(request: Request, db_session: DbSession, keyring: KeyringDep) -> Response:
     form = await read_form(request)
-    try:
-        principal = await tokens.authenticate(db_session, f"Bearer {str(form.get('token') or '').strip()}")
-    except tokens.Unauthenticated:
-        principal = None
-    if principal is None or principal.role != "merchant":
-        raise NotAMerchantToken("token", "is not a merchant's active API token", rule="merchant_token")
-    _, secret = await tokens.issue_token(db_session, "merchant", "counter session", principal_id=principal.id)
-    response = Response(content="", status_code=200, headers={"HX-Redirect": "/counter"})
-    response.set_cookie(session_cookie(keyring, secret, max_age=SESSION_SECONDS))
-    return response
+    return await sign_in_with_token(
+        db_session,
+        keyring,
+        form.get("token", ""),
+        "merchant",
+        name="counter session",
+        home="/counter",
+        max_age=SESSION_SECONDS,
+    )
 
 
 async def _counter_context(request: Request, db_session: Any, principal: Any, **values: Any) -> dict[str, Any]:
@@ -153,10 +145,7 @@ async def record(
 
 @post("/counter/sign-out", status_code=200, **FORM)
 async def counter_sign_out(db_session: DbSession, principal: PrincipalDep) -> Response:
-    await tokens.revoke(db_session, principal, principal.token_id)  # the counter session's own token
-    response = Response(content="", status_code=200, headers={"HX-Redirect": "/counter/sign-in"})
-    response.set_cookie(cleared_cookie())
-    return response
+    return await sign_out(db_session, principal, "/counter/sign-in")  # the counter session's own token
 
 
 ROUTES = [counter_sign_in_page, counter_sign_in, counter_page, sell, record, counter_sign_out]

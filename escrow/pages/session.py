@@ -8,7 +8,11 @@ header the unit of work reads, and nothing else; an API request's own header is 
 
 from typing import Any
 
+from litestar import Response
 from litestar.datastructures import Cookie
+
+from escrow.auth import tokens
+from escrow.errors import FieldInvalid
 
 COOKIE = "escrow_session"
 PAGE_PREFIXES = ("/app", "/counter", "/desk")
@@ -74,3 +78,34 @@ class PageSession:
                     headers.append((b"authorization", f"Bearer {token}".encode()))
             scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
+
+
+class NotThePartysToken(FieldInvalid):
+    status = 401
+    code = "invalid_token"
+    title = "Not a token of the party these pages are for"
+
+
+async def sign_in_with_token(
+    session: Any, keyring: Any, token: str, role: str, *, name: str, home: str, max_age: int
+) -> Response:
+    """A party's page sign-in with its API token (the counter, the desk): the pasted token is checked and never kept;
+    the page gets a session token of its own (``name``), revoked on signing out."""
+    try:
+        principal = await tokens.authenticate(session, f"Bearer {token.strip()}")
+    except tokens.Unauthenticated:
+        principal = None
+    if principal is None or principal.role != role:
+        raise NotThePartysToken("token", f"is not a {role}'s active API token", rule=f"{role}_token")
+    _, secret = await tokens.issue_token(session, role, name, principal_id=principal.id)
+    response = Response(content="", status_code=200, headers={"HX-Redirect": home})
+    response.set_cookie(session_cookie(keyring, secret, max_age=max_age))
+    return response
+
+
+async def sign_out(session: Any, principal: Any, sign_in_page: str) -> Response:
+    """Revoke the page session's own token and clear its cookie."""
+    await tokens.revoke(session, principal, principal.token_id)
+    response = Response(content="", status_code=200, headers={"HX-Redirect": sign_in_page})
+    response.set_cookie(cleared_cookie())
+    return response
