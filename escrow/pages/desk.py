@@ -9,10 +9,10 @@ call the API's own handlers; the value outstanding and the monthly figures are s
 (escrow/risk/desk.py).
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import Request, Response, get, post
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Template
 
 from escrow.auth.guards import requires
@@ -168,34 +168,16 @@ async def _warning_action(request: Request, db_session: Any, principal: Any, war
     return Template("desk/warning_row.html", context=context(request, w=warning, live=LIVE, names=names))
 
 
-@post("/desk/warnings/{warning_id:str}/acknowledge", status_code=200, **FORM)
-async def acknowledge(
+@post("/desk/warnings/{warning_id:str}/{action:str}", status_code=200, **FORM)
+async def warning_step(
     request: Request,
     warning_id: Annotated[str, path_id("warning")],
+    action: FromPath[Literal["acknowledge", "resolve", "escalate"]],
     db_session: DbSession,
     principal: PrincipalDep,
 ) -> Template:
-    return await _warning_action(request, db_session, principal, warning_id, "acknowledge")
-
-
-@post("/desk/warnings/{warning_id:str}/resolve", status_code=200, **FORM)
-async def resolve(
-    request: Request,
-    warning_id: Annotated[str, path_id("warning")],
-    db_session: DbSession,
-    principal: PrincipalDep,
-) -> Template:
-    return await _warning_action(request, db_session, principal, warning_id, "resolve")
-
-
-@post("/desk/warnings/{warning_id:str}/escalate", status_code=200, **FORM)
-async def escalate(
-    request: Request,
-    warning_id: Annotated[str, path_id("warning")],
-    db_session: DbSession,
-    principal: PrincipalDep,
-) -> Template:
-    return await _warning_action(request, db_session, principal, warning_id, "escalate")
+    """A step of a warning's lifecycle, taken from the queue."""
+    return await _warning_action(request, db_session, principal, warning_id, action)
 
 
 @get("/desk/merchants/{merchant_id:str}", **PAGE)
@@ -274,9 +256,7 @@ ROUTES = [
     desk_sign_in,
     overview_page,
     warnings_page,
-    acknowledge,
-    resolve,
-    escalate,
+    warning_step,
     merchant_page,
     complaints_page,
     desk_sign_out,
