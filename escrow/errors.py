@@ -215,7 +215,7 @@ def _raised_by_driver(exc: BaseException) -> bool:
     return False
 
 
-def _database_unavailable(exc: BaseException) -> bool:
+def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database is out of reach (as opposed to a bug or a refused statement). The one place
     that classifies connection errors, whichever layer raised them: asyncpg, SQLAlchemy's pool or the socket."""
     from asyncpg import InterfaceError as DriverInterfaceError
@@ -237,11 +237,6 @@ def _database_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """Public name of the classification, for the background jobs."""
-    return _database_unavailable(exc)
-
-
 def cause_summary(exc: BaseException) -> str:
     """The innermost cause as ``Type: message``: the driver's own words, never a statement or its parameters."""
     root = _chain(exc)[-1]
@@ -260,7 +255,7 @@ def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]
         )
         response.headers["Retry-After"] = "1"
         return response
-    if _database_unavailable(exc):
+    if database_unavailable(exc):
         # One line, no traceback: while the database is down every request lands here.
         log.warning("database_unavailable", path=request.url.path, error=cause_summary(exc))
         response = problem(
